@@ -1,0 +1,56 @@
+# One entry point for everything a developer or CI does. Every target installs what it needs first.
+PYTHON ?= python3
+VENV := .venv
+SAM_VENV := .venv-sam
+PY := $(VENV)/bin/python
+export PYTHONPATH := functions:.
+export AWS_DEFAULT_REGION ?= eu-central-1
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: test lint unit demo serve invoke validate-config preview clean
+
+$(VENV)/.installed: requirements.txt functions/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# aws-sam-cli pins its own boto3 and pydantic: it gets a virtualenv of its own.
+$(SAM_VENV)/.installed:
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check aws-sam-cli==1.170.0
+	touch $@
+
+## make test: lint the code and the template, then run the whole test suite (unit, integration, end-to-end).
+test: lint
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed $(SAM_VENV)/.installed
+	$(VENV)/bin/ruff check functions sandbox tests
+	$(VENV)/bin/cfn-lint template.yaml
+	$(SAM_VENV)/bin/sam validate --lint --template template.yaml
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit
+
+## make demo: the whole product on loopback with a scripted scenario; exits when done.
+demo: $(VENV)/.installed
+	$(PY) -m sandbox demo
+
+## make serve: the local stack, running until Ctrl-C; prints the webhook URL, token and a curl line.
+serve: $(VENV)/.installed
+	$(PY) -m sandbox serve
+
+## make invoke FUNCTION=WebhookFunction EVENT=events/webhook-user-created.json
+invoke: $(VENV)/.installed
+	$(PY) -m sandbox invoke $(FUNCTION) --event $(EVENT)
+
+## make validate-config FILE=connector.json
+validate-config: $(VENV)/.installed
+	$(PY) -m sandbox validate-config $(FILE)
+
+## make preview FILE=connector.json EVENT=events/webhook-user-updated.json
+preview: $(VENV)/.installed
+	$(PY) -m sandbox preview $(FILE) --event $(EVENT)
+
+clean:
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .ruff_cache .hypothesis

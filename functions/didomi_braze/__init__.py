@@ -1,0 +1,3 @@
+"""Didomi → Braze preference sync."""
+
+__version__ = "1.0.0"

@@ -1,0 +1,1 @@
+"""Adapters to the outside world: Braze over HTTP, SQS, Secrets Manager."""

@@ -1,0 +1,45 @@
+"""Braze REST client: one pooled urllib3 connection pool per container, short timeouts, no hidden retries."""
+
+from __future__ import annotations
+
+import urllib3
+
+from .. import __version__
+from ..domain.braze import TRACK_PATH, BrazeOutcome, classify_response, track_body, transport_failure
+
+USER_AGENT = f"didomi-braze-preference-sync/{__version__}"
+MAX_RESPONSE_BYTES = 64 * 1024
+
+
+class BrazeClient:
+    def __init__(self, connect_timeout: float = 2.0, read_timeout: float = 5.0, pool: urllib3.PoolManager | None = None):
+        # Retries are ours to schedule (SQS), never urllib3's: a hidden retry would hold the webhook open.
+        self._pool = pool or urllib3.PoolManager(num_pools=4, maxsize=10, retries=False)
+        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+
+    def track(self, server: str, api_key: str, objects: list[dict]) -> BrazeOutcome:
+        """POST the attributes objects to `/users/track` and classify the answer."""
+        try:
+            response = self._pool.request(
+                "POST",
+                server + TRACK_PATH,
+                body=track_body(objects),
+                headers={
+                    "Authorization": f"Bearer {api_key}",
+                    "Content-Type": "application/json",
+                    "User-Agent": USER_AGENT,
+                },
+                timeout=self._timeout,
+                retries=False,
+                preload_content=False,
+            )
+            try:
+                body = response.read(MAX_RESPONSE_BYTES)
+            finally:
+                response.release_conn()
+        except urllib3.exceptions.TimeoutError:
+            return transport_failure("timed out")
+        except urllib3.exceptions.HTTPError as exc:
+            # The exception text can hold the URL but never the headers, so the key cannot leak through it.
+            return transport_failure(type(exc).__name__)
+        return classify_response(response.status, response.headers, body, len(objects))

@@ -1,0 +1,17 @@
+"""Domain errors. Each is turned into an answer in one place (the service layer)."""
+
+
+class InvalidWebhook(Exception):
+    """The request body is not a Didomi webhook this connector can act on (answered with 400)."""
+
+
+class ConfigurationError(Exception):
+    """The connector document or a setting is invalid. The message says what to fix, never a secret."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class MalformedRetryMessage(Exception):
+    """A message on the retry queue that this connector did not write (or that was corrupted)."""

@@ -1,0 +1,147 @@
+"""Retry schedule, the retry queue's message, and how a batch of retries becomes few Braze requests."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Sequence
+
+from .errors import ConfigurationError, MalformedRetryMessage
+from .mapping import BrazeIdentity, BrazeUpdate
+
+DEFAULT_DELAYS = "30,45,60,75,90"
+MIN_RETRIES = 5  # Didomi's promise: at least five retries within five minutes
+MAX_RETRIES = 9  # the retry queue's maxReceiveCount (10) must stay above the number of retries
+MAX_DELAY_SECONDS = 900  # SQS DelaySeconds limit; also keeps every retry inside the message's lifetime
+MESSAGE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RetrySchedule:
+    """Delays before each retry: `delays[0]` after the first failure, `delays[k]` after retry k failed."""
+
+    delays: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, text: str | None) -> RetrySchedule:
+        raw = DEFAULT_DELAYS if text is None or not text.strip() else text
+        try:
+            delays = tuple(int(part) for part in raw.split(","))
+        except ValueError:
+            raise ConfigurationError(
+                f"RETRY_DELAYS_SECONDS must be comma-separated whole seconds, such as {DEFAULT_DELAYS}"
+            ) from None
+        if not MIN_RETRIES <= len(delays) <= MAX_RETRIES:
+            raise ConfigurationError(
+                f"RETRY_DELAYS_SECONDS needs {MIN_RETRIES} to {MAX_RETRIES} delays (one per retry), got {len(delays)}"
+            )
+        if any(d < 1 or d > MAX_DELAY_SECONDS for d in delays):
+            raise ConfigurationError(f"each RETRY_DELAYS_SECONDS delay must be between 1 and {MAX_DELAY_SECONDS} seconds")
+        return cls(delays)
+
+    @property
+    def retries(self) -> int:
+        return len(self.delays)
+
+    def first_delay(self, now: float, retry_at: float | None = None) -> int:
+        return self._at_least(self.delays[0], now, retry_at)
+
+    def delay_after(self, attempt: int, now: float, retry_at: float | None = None) -> int | None:
+        """Delay before the next retry once retry number `attempt` (1-based) failed; None when none is left."""
+        if attempt >= self.retries:
+            return None
+        return self._at_least(self.delays[attempt], now, retry_at)
+
+    @staticmethod
+    def _at_least(delay: int, now: float, retry_at: float | None) -> int:
+        if retry_at is not None:
+            delay = max(delay, math.ceil(retry_at - now))
+        return min(delay, MAX_DELAY_SECONDS)
+
+
+@dataclass(frozen=True)
+class PendingUpdate:
+    """A Braze update waiting on the retry queue: the message body, as JSON."""
+
+    event_id: str
+    event_type: str
+    identity: BrazeIdentity
+    update: BrazeUpdate
+    order_key: str
+    first_failure_at: str  # ISO 8601 UTC
+    first_failure_reason: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": MESSAGE_VERSION,
+                "event_id": self.event_id,
+                "event_type": self.event_type,
+                "identity": {"kind": self.identity.kind, "value": self.identity.value},
+                "update": self.update.to_dict(),
+                "order_key": self.order_key,
+                "first_failure_at": self.first_failure_at,
+                "first_failure_reason": self.first_failure_reason,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> PendingUpdate:
+        try:
+            raw = json.loads(text)
+            identity = raw["identity"]
+            update = raw["update"]
+            pending = cls(
+                event_id=raw["event_id"],
+                event_type=raw["event_type"],
+                identity=BrazeIdentity(identity["kind"], identity["value"]),
+                update=BrazeUpdate.from_dict(update),
+                order_key=raw["order_key"],
+                first_failure_at=raw["first_failure_at"],
+                first_failure_reason=raw["first_failure_reason"],
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise MalformedRetryMessage(f"not a retry message written by this connector ({type(exc).__name__})") from None
+        if raw.get("version") != MESSAGE_VERSION or pending.identity.kind not in ("external_id", "email"):
+            raise MalformedRetryMessage("not a retry message written by this connector (unknown version or identity)")
+        if not isinstance(pending.identity.value, str) or pending.update.is_empty():
+            raise MalformedRetryMessage("retry message has no user or no update")
+        return pending
+
+
+@dataclass(frozen=True)
+class UserBatchItem:
+    """One Braze attributes object standing for every queued update of one user in a batch."""
+
+    identity: BrazeIdentity
+    update: BrazeUpdate
+    message_ids: tuple[str, ...]
+
+
+def collapse(messages: Sequence[tuple[str, PendingUpdate]]) -> list[UserBatchItem]:
+    """Merge each user's updates, oldest first so that the newest value of every field wins.
+
+    One user therefore never appears twice in a request (Braze does not keep the order of objects).
+    """
+    by_user: dict[str, list[tuple[str, PendingUpdate]]] = {}
+    for message_id, pending in messages:
+        by_user.setdefault(pending.identity.key, []).append((message_id, pending))
+    items = []
+    for group in by_user.values():
+        group.sort(key=lambda pair: pair[1].order_key)
+        merged = BrazeUpdate()
+        for _, pending in group:
+            merged = merged.overlaid_by(pending.update)
+        items.append(UserBatchItem(group[0][1].identity, merged, tuple(mid for mid, _ in group)))
+    return items
+
+
+def chunks(items: list[UserBatchItem], size: int) -> list[list[UserBatchItem]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def iso_utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

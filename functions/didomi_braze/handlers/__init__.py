@@ -1,0 +1,1 @@
+"""Lambda entry points: decode the AWS event, call the service, encode the answer."""

@@ -1,0 +1,22 @@
+"""WebhookFunction: API Gateway HTTP API (payload 2.0) → one Didomi event → Braze."""
+
+from __future__ import annotations
+
+import json
+
+from ..observability import logger, metrics
+from ..runtime import dependencies
+from ..service.webhook import WebhookRequest, receive_webhook
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def handler(event: dict, context) -> dict:
+    headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
+    request = WebhookRequest(headers.get("authorization"), event.get("body"), bool(event.get("isBase64Encoded")))
+    answer = receive_webhook(request, dependencies)
+    return {
+        "statusCode": answer.status,
+        "headers": {"Content-Type": "application/json"},
+        "body": json.dumps(answer.body),
+    }

@@ -1,0 +1,40 @@
+"""What the use cases need from the outside world, as one object built once per container."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..adapters.braze_client import BrazeClient
+from ..adapters.queues import Queues
+from ..adapters.secrets import ConnectorSource, SecretStore
+from ..domain.connector import ConnectorConfig
+from ..domain.errors import ConfigurationError
+from ..domain.retry import RetrySchedule
+from ..observability import user_ref
+
+
+@dataclass
+class Dependencies:
+    secrets: SecretStore
+    connector_source: ConnectorSource
+    webhook_secret_id: str
+    braze: BrazeClient
+    queues: Queues
+    schedule: RetrySchedule
+    objects_per_request: int
+    clock: Callable[[], float] = field(default=time.time)
+
+    def webhook_token(self) -> str:
+        return self.secrets.read(self.webhook_secret_id)
+
+    def connector(self, force: bool = False) -> ConnectorConfig:
+        return self.connector_source.load(force=force)
+
+    def user_ref(self, identity_key: str) -> str:
+        """A keyed hash of the user for logs (keyed with the webhook secret, so it cannot be guessed)."""
+        try:
+            return user_ref(self.webhook_token(), identity_key)
+        except ConfigurationError:
+            return "unavailable"

@@ -1,0 +1,177 @@
+"""One Didomi webhook delivery: authenticate, validate, filter, map, deliver once, else queue or park.
+
+The answer always says what became of the event. 2xx only when it was delivered, queued, dead-lettered
+or deliberately skipped; 503 whenever it could not be kept, so that Didomi delivers it again.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..adapters.queues import DeadLetter
+from ..domain.braze import DELIVERED, PERMANENT, BrazeOutcome, attributes_object
+from ..domain.didomi import parse_webhook
+from ..domain.errors import ConfigurationError, InvalidWebhook
+from ..domain.mapping import Push, Skip, plan
+from ..domain.retry import PendingUpdate, iso_utc
+from ..observability import count, count_by, logger
+from .dependencies import Dependencies
+
+MAX_BODY_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    authorization: str | None
+    body: str | None
+    is_base64: bool = False
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict = field(default_factory=dict)
+
+
+def receive_webhook(request: WebhookRequest, load_dependencies: Callable[[], Dependencies]) -> Answer:
+    try:
+        deps = load_dependencies()
+        token = deps.webhook_token()
+    except ConfigurationError as exc:
+        return _unavailable("configuration_error", exc)
+    if not _authenticated(request.authorization, token):
+        count("WebhookUnauthorized")
+        logger.warning("webhook refused: missing or wrong bearer token")
+        return Answer(401, {"status": "unauthorized", "error": "missing or invalid Authorization: Bearer token"})
+
+    try:
+        body = _decode(request)
+    except _TooLarge:
+        count("WebhookRejected")
+        logger.warning("webhook refused: body over the size limit", extra={"limit_bytes": MAX_BODY_BYTES})
+        return Answer(413, {"status": "too_large", "error": f"the body exceeds {MAX_BODY_BYTES} bytes"})
+    try:
+        webhook = parse_webhook(body)
+    except InvalidWebhook as exc:
+        count("WebhookRejected")
+        logger.warning("webhook refused: invalid body", extra={"problem": str(exc)})
+        return Answer(400, {"status": "rejected", "error": str(exc)})
+
+    count("EventsReceived")
+    try:
+        config = deps.connector()
+    except ConfigurationError as exc:
+        return _unavailable("configuration_error", exc)
+
+    decision = plan(webhook, config)
+    if isinstance(decision, Skip):
+        count_by("EventsSkipped", "reason", decision.reason)
+        logger.info("event skipped", extra={"event_type": webhook.type, "reason": decision.reason, "detail": decision.detail})
+        return Answer(200, {"status": "skipped", "reason": decision.reason, "detail": decision.detail})
+    return _deliver(decision, webhook.type, config, deps)
+
+
+def _deliver(push: Push, event_type: str, config, deps: Dependencies) -> Answer:
+    log = {"event_type": event_type, "user_ref": deps.user_ref(push.identity.key), "update": push.update.to_dict()}
+    outcome = deps.braze.track(config.server, config.api_key, [attributes_object(push.identity, push.update, config.upsert_mode)])
+    if outcome.kind == DELIVERED and not outcome.item_errors:
+        count("EventsDelivered")
+        logger.info("event delivered to Braze", extra=log)
+        return Answer(200, {"status": "delivered"})
+
+    now = deps.clock()
+    pending = PendingUpdate(
+        event_id=push.event_id,
+        event_type=event_type,
+        identity=push.identity,
+        update=push.update,
+        order_key=push.order_key,
+        first_failure_at=iso_utc(now),
+        first_failure_reason=_reason(outcome),
+    )
+    if outcome.kind == PERMANENT or outcome.item_errors:
+        why = DeadLetter(_reason(outcome), attempts=1, first_failure_at=pending.first_failure_at,
+                         last_braze_status=outcome.status, event_id=push.event_id)
+        try:
+            deps.queues.dead_letter(pending.to_json(), why)
+        except Exception as exc:
+            return _unavailable("dead_letter_queue_unavailable", exc, log)
+        count_by("EventsDeadLettered", "reason", "braze_rejected")
+        logger.error("event dead-lettered: Braze rejected it", extra={**log, "reason": why.reason, "braze_status": outcome.status})
+        return Answer(200, {"status": "dead_lettered", "reason": why.reason})
+
+    if outcome.refresh_credentials:
+        _refresh_connector(deps)
+    delay = deps.schedule.first_delay(now, outcome.retry_at)
+    try:
+        deps.queues.enqueue_retry(pending.to_json(), delay)
+    except Exception as exc:
+        return _unavailable("retry_queue_unavailable", exc, log)
+    count("EventsQueued")
+    logger.warning("Braze call failed; event queued for retry",
+                   extra={**log, "reason": pending.first_failure_reason, "braze_status": outcome.status, "retry_in_seconds": delay})
+    return Answer(202, {"status": "queued", "reason": pending.first_failure_reason, "retry_in_seconds": delay})
+
+
+def _refresh_connector(deps: Dependencies) -> None:
+    """After a 401/403 the key may have been rotated: drop the cached document so the retry reads it anew."""
+    try:
+        deps.connector(force=True)
+    except ConfigurationError as exc:
+        logger.error("connector secret unreadable while refreshing after 401/403", extra={"problem": str(exc)})
+
+
+def _authenticated(header: str | None, token: str) -> bool:
+    if not header or not token:
+        return False
+    scheme, _, presented = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return False
+    return hmac.compare_digest(presented.strip().encode(), token.encode())
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _decode(request: WebhookRequest) -> object:
+    raw = request.body or ""
+    if len(raw) > (MAX_BODY_BYTES * 4 // 3 + 4 if request.is_base64 else MAX_BODY_BYTES * 4):
+        raise _TooLarge()
+    if request.is_base64:
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidWebhook("the body is marked base64 but is not valid base64") from None
+    else:
+        data = raw.encode("utf-8", errors="surrogatepass")
+    if len(data) > MAX_BODY_BYTES:
+        raise _TooLarge()
+    if not data.strip():
+        raise InvalidWebhook("the body is empty; expected a Didomi webhook JSON object")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidWebhook("the body is not UTF-8 text") from None
+    except ValueError as exc:
+        raise InvalidWebhook(f"the body is not valid JSON: {getattr(exc, 'msg', 'cannot parse')} at line {getattr(exc, 'lineno', '?')}") from None
+    except RecursionError:
+        raise InvalidWebhook("the body is nested too deeply") from None
+
+
+def _unavailable(kind: str, exc: Exception, log: dict | None = None) -> Answer:
+    count_by("WebhookUnavailable", "cause", kind)
+    logger.error("event not accepted; Didomi will deliver it again", extra={**(log or {}), "cause": kind, "problem": str(exc)})
+    return Answer(503, {"status": "unavailable", "error": f"the event could not be processed now ({kind}); retry later"})
+
+
+def _reason(outcome: BrazeOutcome) -> str:
+    if outcome.item_errors:
+        return "braze rejected the object: " + "; ".join(sorted(set(outcome.item_errors.values())))
+    return outcome.reason
+

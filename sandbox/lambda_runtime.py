@@ -1,0 +1,223 @@
+"""A Docker-free stand-in for what Lambda and API Gateway do around our functions.
+
+- `invoke`: import the function's `Handler` from its `CodeUri` (as Lambda does) and call it with an event.
+- `WebhookGateway`: an HTTP server that turns a request into an HTTP API payload 2.0 event, like
+  `sam local start-api`, and the function's result back into an HTTP response.
+- `RetryQueuePoller`: drains an SQS queue into a function the way Lambda's SQS event source does: batches,
+  deletes what succeeded, leaves reported failures to their visibility timeout.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from .template import ROOT, FunctionSpec
+
+
+@dataclass
+class LambdaContext:
+    function_name: str
+    timeout_seconds: int
+    memory_limit_in_mb: int = 256
+    function_version: str = "$LATEST"
+
+    def __post_init__(self) -> None:
+        self.aws_request_id = str(uuid.uuid4())
+        self.invoked_function_arn = f"arn:aws:lambda:local:123456789012:function:{self.function_name}"
+        self.log_group_name = f"/aws/lambda/{self.function_name}"
+        self.log_stream_name = "local"
+        self._deadline = time.monotonic() + self.timeout_seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def load_handler(spec: FunctionSpec) -> Callable[[dict, object], dict]:
+    code_dir = str((ROOT / spec.code_uri).resolve())
+    if code_dir not in sys.path:
+        sys.path.insert(0, code_dir)  # Lambda puts the function's code directory on the path
+    module_name, _, attribute = spec.handler.rpartition(".")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def invoke(spec: FunctionSpec, event: dict) -> dict:
+    return load_handler(spec)(event, LambdaContext(spec.name, spec.timeout))
+
+
+def http_api_event(method: str, path: str, query: str, headers: dict[str, str], body: bytes, source_ip: str) -> dict:
+    """The HTTP API payload format 2.0 event API Gateway would send for this request."""
+    try:
+        text, is_base64 = body.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, is_base64 = base64.b64encode(body).decode(), True
+    now = time.time()
+    return {
+        "version": "2.0",
+        "routeKey": f"{method} {path}",
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": {k.lower(): v for k, v in headers.items()},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "local",
+            "domainName": "127.0.0.1",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": source_ip,
+                     "userAgent": headers.get("User-Agent", "")},
+            "requestId": str(uuid.uuid4()),
+            "routeKey": f"{method} {path}",
+            "stage": "$default",
+            "timeEpoch": int(now * 1000),
+        },
+        "body": text if body else None,
+        "isBase64Encoded": is_base64,
+    }
+
+
+class WebhookGateway:
+    """Serves one function on one route over HTTP on 127.0.0.1."""
+
+    MAX_BODY = 10 * 1024 * 1024  # API Gateway's own payload limit
+
+    def __init__(self, spec: FunctionSpec, method: str = "POST", path: str = "/webhooks/didomi", port: int = 0):
+        self.spec, self.method, self.path = spec, method, path
+        self._handler = load_handler(spec)
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802
+                gateway._serve(self, "POST")
+
+            def do_GET(self) -> None:  # noqa: N802
+                gateway._serve(self, "GET")
+
+            def log_message(self, format: str, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-gateway", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}{self.path}"
+
+    def start(self) -> WebhookGateway:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _serve(self, request: BaseHTTPRequestHandler, method: str) -> None:
+        path, _, query = request.path.partition("?")
+        length = int(request.headers.get("content-length") or 0)
+        if length > self.MAX_BODY:
+            return self._reply(request, 413, {"message": "Request Entity Too Large"}, {})
+        body = request.rfile.read(length) if length else b""
+        if method != self.method or path != self.path:
+            return self._reply(request, 404, {"message": "Not Found"}, {})
+        event = http_api_event(method, path, query, dict(request.headers.items()), body, request.client_address[0])
+        try:
+            result = self._handler(event, LambdaContext(self.spec.name, self.spec.timeout))
+        except Exception:  # what API Gateway answers when the function fails
+            return self._reply(request, 500, {"message": "Internal Server Error"}, {})
+        self._reply(request, int(result.get("statusCode", 200)), result.get("body", ""), result.get("headers") or {})
+
+    @staticmethod
+    def _reply(request: BaseHTTPRequestHandler, status: int, body: object, headers: dict) -> None:
+        payload = (body if isinstance(body, str) else json.dumps(body)).encode()
+        request.send_response(status)
+        for name, value in {"Content-Type": "application/json", **headers}.items():
+            request.send_header(name, value)
+        request.send_header("Content-Length", str(len(payload)))
+        request.end_headers()
+        request.wfile.write(payload)
+
+
+class RetryQueuePoller:
+    """Lambda's SQS event source, in a thread: receive a batch, invoke, delete all but the reported failures."""
+
+    def __init__(self, sqs, queue_url: str, spec: FunctionSpec, region: str, wait_seconds: int = 1):
+        self.sqs, self.queue_url, self.spec, self.region = sqs, queue_url, spec, region
+        self.batch_size = spec.sqs_batch_size or 10
+        self.wait_seconds = wait_seconds
+        self._handler = load_handler(spec)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="retry-poller", daemon=True)
+        self.invocations = 0
+
+    def start(self) -> RetryQueuePoller:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.wait_seconds + 5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except Exception as exc:  # keep polling, as Lambda would; say what went wrong
+                print(f"retry poller: {type(exc).__name__}: {exc}", file=sys.stderr)
+                self._stop.wait(1)
+
+    def poll_once(self, wait_seconds: int | None = None) -> int:
+        """One receive → invoke → delete cycle; returns how many messages were handed to the function."""
+        messages: list[dict] = []
+        wait = self.wait_seconds if wait_seconds is None else wait_seconds
+        while len(messages) < self.batch_size:
+            got = self.sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=min(10, self.batch_size - len(messages)),
+                WaitTimeSeconds=wait if not messages else 0,
+                AttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            ).get("Messages", [])
+            if not got:
+                break
+            messages.extend(got)
+        if not messages:
+            return 0
+        arn = f"arn:aws:sqs:{self.region}:123456789012:{self.queue_url.rsplit('/', 1)[-1]}"
+        event = {"Records": [sqs_record(m, arn, self.region) for m in messages]}
+        self.invocations += 1
+        result = self._handler(event, LambdaContext(self.spec.name, self.spec.timeout))
+        failed = {f["itemIdentifier"] for f in (result or {}).get("batchItemFailures", [])}
+        done = [m for m in messages if m["MessageId"] not in failed]
+        for start in range(0, len(done), 10):
+            self.sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done[start : start + 10])],
+            )
+        return len(messages)
+
+
+def sqs_record(message: dict, queue_arn: str, region: str) -> dict:
+    """An SQS message as Lambda's event source presents it to the function."""
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": message.get("Attributes", {}),
+        "messageAttributes": {
+            name: {"stringValue": a.get("StringValue"), "dataType": a.get("DataType")}
+            for name, a in message.get("MessageAttributes", {}).items()
+        },
+        "md5OfBody": message.get("MD5OfBody", ""),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": region,
+    }

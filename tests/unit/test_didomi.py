@@ -1,0 +1,93 @@
+"""Parsing Didomi webhook bodies: the six event types, regulations, and what a careless sender gets."""
+
+import pytest
+
+from didomi_braze.domain.didomi import parse_webhook
+from didomi_braze.domain.errors import InvalidWebhook
+from tests.samples import didomi_body
+
+SAMPLES = ["user-created", "user-updated", "user-deleted", "event-created", "event-created-pending",
+           "event-updated", "event-updated-confirmed", "event-deleted", "event-created-cpra"]
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_every_sample_event_parses(name):
+    webhook = parse_webhook(didomi_body(name))
+    assert webhook.type == didomi_body(name)["type"]
+
+
+def test_user_updated_carries_both_states_and_orders_by_updated_at_then_version():
+    webhook = parse_webhook(didomi_body("user-updated"))
+    assert webhook.old_entity.version == 6 and webhook.entity.version == 7
+    assert webhook.entity.organization_user_id == "customer-42"
+    assert webhook.old_entity.order_key < webhook.entity.order_key
+    assert webhook.entity.order_key.startswith("2026-05-02T09:15:22.300000Z|")
+
+
+def test_consent_event_identifies_the_user_through_its_user_object():
+    webhook = parse_webhook(didomi_body("event-created"))
+    assert webhook.entity.kind == "event"
+    assert webhook.entity.organization_user_id == "customer-42"
+    assert webhook.entity.status == "confirmed"
+
+
+def test_regulation_defaults_to_gdpr_and_the_top_level_field_wins():
+    body = didomi_body("event-created")
+    del body["parameters"]["entity"]["regulation"]
+    assert parse_webhook(body).regulation == "gdpr"
+    assert parse_webhook(didomi_body("event-created-cpra")).regulation == "cpra"
+    body["regulation"] = "CPRA"
+    assert parse_webhook(body).regulation == "cpra"
+
+
+def test_timestamps_with_offsets_are_normalised_to_utc_so_they_sort():
+    body = didomi_body("event-created")
+    body["parameters"]["entity"]["created_at"] = "2026-05-04T14:00:00+02:00"
+    assert parse_webhook(body).entity.created_at == "2026-05-04T12:00:00.000000Z"
+
+
+def test_a_blank_organization_user_id_counts_as_absent():
+    body = didomi_body("event-created")
+    body["parameters"]["entity"]["user"]["organization_user_id"] = "   "
+    assert parse_webhook(body).entity.organization_user_id is None
+
+
+def test_the_same_event_twice_has_the_same_event_id_and_a_newer_one_differs():
+    assert parse_webhook(didomi_body("user-updated")).event_id == parse_webhook(didomi_body("user-updated")).event_id
+    newer = didomi_body("user-updated")
+    newer["parameters"]["new_entity"]["version"] = 8
+    assert parse_webhook(newer).event_id != parse_webhook(didomi_body("user-updated")).event_id
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda b: [], "the body must be a JSON object"),
+        (lambda b: {**b, "type": None}, "type is required and must be a string"),
+        (lambda b: {**b, "type": "consent.changed"}, "'consent.changed' is not a Didomi event type"),
+        (lambda b: {**b, "parameters": "x"}, "parameters is required and must be an object"),
+        (lambda b: {**b, "parameters": {}}, "parameters.entity is required and must be an object"),
+        (lambda b: {**b, "regulation": 1}, "regulation must be a string"),
+        (lambda b: _set(b, "status", "approved"), "parameters.entity.status must be 'confirmed' or 'pending_approval'"),
+        (lambda b: _set(b, "created_at", "yesterday"), "parameters.entity.created_at must be an ISO 8601 timestamp"),
+        (lambda b: _set(b, "user", "customer-42"), "parameters.entity.user must be an object"),
+        (lambda b: _set(b, "version", True), "parameters.entity.version must be a non-negative integer"),
+        (lambda b: _set(b, "consents", []), "parameters.entity.consents must be an object"),
+    ],
+)
+def test_malformed_bodies_are_rejected_with_a_message_naming_the_field(mutate, message):
+    with pytest.raises(InvalidWebhook) as raised:
+        parse_webhook(mutate(didomi_body("event-created")))
+    assert message in str(raised.value)
+
+
+def test_an_updated_event_without_its_new_entity_is_rejected():
+    body = didomi_body("user-updated")
+    del body["parameters"]["new_entity"]
+    with pytest.raises(InvalidWebhook, match="parameters.new_entity is required"):
+        parse_webhook(body)
+
+
+def _set(body, key, value):
+    body["parameters"]["entity"][key] = value
+    return body
