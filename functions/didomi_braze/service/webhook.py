@@ -50,13 +50,11 @@ def receive_webhook(request: WebhookRequest, load_dependencies: Callable[[], Dep
         return Answer(401, {"status": "unauthorized", "error": "missing or invalid Authorization: Bearer token"})
 
     try:
-        body = _decode(request)
+        webhook = parse_webhook(_decode(request))
     except _TooLarge:
         count("WebhookRejected")
         logger.warning("webhook refused: body over the size limit", extra={"limit_bytes": MAX_BODY_BYTES})
         return Answer(413, {"status": "too_large", "error": f"the body exceeds {MAX_BODY_BYTES} bytes"})
-    try:
-        webhook = parse_webhook(body)
     except InvalidWebhook as exc:
         count("WebhookRejected")
         logger.warning("webhook refused: invalid body", extra={"problem": str(exc)})

@@ -1,0 +1,103 @@
+"""Integration fixtures: AWS from moto (resources created from template.yaml), Braze from the emulator on
+127.0.0.1, and the functions' environment taken from the template, exactly as Lambda would get it."""
+
+import io
+import json
+from dataclasses import dataclass
+
+import boto3
+import pytest
+from aws_lambda_powertools.utilities import parameters
+from moto import mock_aws
+
+from didomi_braze import runtime
+from sandbox.braze_emulator import BrazeEmulator
+from sandbox.lambda_runtime import LambdaContext
+from sandbox.template import Stack, provision
+from tests.samples import BRAZE_API_KEY, WEBHOOK_TOKEN, connector_document
+
+REGION = "eu-central-1"
+KNOWN_USERS = ("external_id:customer-42", "external_id:customer-7", "external_id:customer-9")
+
+
+@dataclass
+class LocalAws:
+    sqs: object
+    secrets: object
+    stack: Stack
+
+    @property
+    def retry_queue(self) -> str:
+        return self.stack.queue_urls["RetryQueue"]
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return self.stack.queue_urls["DeadLetterQueue"]
+
+    def messages(self, queue_url: str) -> list[dict]:
+        """Every message on a queue, made visible again right away (inspection must not disturb the test)."""
+        out = []
+        while True:
+            got = self.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"],
+                                           MessageAttributeNames=["All"], VisibilityTimeout=0).get("Messages", [])
+            new = [m for m in got if m["MessageId"] not in {o["MessageId"] for o in out}]
+            if not new:
+                return out
+            out.extend(new)
+
+    def put_connector(self, document: dict | str) -> None:
+        text = document if isinstance(document, str) else json.dumps(document)
+        self.secrets.put_secret_value(SecretId=self.stack.secret_arns["ConnectorSecret"], SecretString=text)
+
+
+@pytest.fixture
+def braze():
+    with BrazeEmulator(api_key=BRAZE_API_KEY, known_users=KNOWN_USERS, hang_seconds=1.0) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def aws(monkeypatch, braze):
+    """moto AWS with the template's queues and secrets; the environment of the template's functions."""
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name=REGION)
+        secrets = boto3.client("secretsmanager", region_name=REGION)
+        stack = provision(sqs, secrets, webhook_token=WEBHOOK_TOKEN,
+                          connector_document=json.dumps(connector_document(braze.url)), region=REGION)
+        for name, value in stack.function("WebhookFunction").environment.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("BRAZE_ALLOW_LOOPBACK", "true")
+        monkeypatch.setenv("BRAZE_READ_TIMEOUT_SECONDS", "0.5")  # below the emulator's 1 s hang
+        _fresh_container()
+        yield LocalAws(sqs, secrets, stack)
+        _fresh_container()
+
+
+def _fresh_container():
+    """What a new Lambda container starts with: no cached dependencies, no cached secrets."""
+    runtime.dependencies.cache_clear()
+    parameters.clear_caches()
+
+
+@pytest.fixture
+def context():
+    return LambdaContext("WebhookFunction", 15)
+
+
+@pytest.fixture
+def logs():
+    """Everything the functions log, as text (Powertools writes JSON lines to its own stream handler)."""
+    from didomi_braze.observability import logger
+
+    buffer = io.StringIO()
+    handler = logger.registered_handler
+    previous = handler.setStream(buffer)
+    yield buffer
+    handler.setStream(previous)
+
+
+def call_webhook(event: dict) -> tuple[int, dict]:
+    from didomi_braze.handlers.webhook import handler
+
+    result = handler(event, LambdaContext("WebhookFunction", 15))
+    return result["statusCode"], json.loads(result["body"])
