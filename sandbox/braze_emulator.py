@@ -70,7 +70,7 @@ class BrazeEmulator:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="braze-emulator", daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), name="braze-emulator", daemon=True).start()
         return self
 
     def stop(self) -> None:

@@ -106,7 +106,7 @@ class WebhookGateway:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-gateway", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="webhook-gateway", daemon=True)
 
     @property
     def url(self) -> str:

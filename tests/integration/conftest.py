@@ -14,7 +14,7 @@ from didomi_braze import runtime
 from sandbox.braze_emulator import BrazeEmulator
 from sandbox.lambda_runtime import LambdaContext
 from sandbox.template import Stack, provision
-from tests.samples import BRAZE_API_KEY, WEBHOOK_TOKEN, connector_document
+from tests.samples import BRAZE_API_KEY, WEBHOOK_TOKEN, connector_document, http_event
 
 REGION = "eu-central-1"
 KNOWN_USERS = ("external_id:customer-42", "external_id:customer-7", "external_id:customer-9")
@@ -101,3 +101,25 @@ def call_webhook(event: dict) -> tuple[int, dict]:
 
     result = handler(event, LambdaContext("WebhookFunction", 15))
     return result["statusCode"], json.loads(result["body"])
+
+
+@pytest.fixture
+def worker(aws):
+    """RetryFunction behind the same SQS event-source stand-in the local stack uses, polled by the test."""
+    from sandbox.lambda_runtime import RetryQueuePoller
+
+    return RetryQueuePoller(aws.sqs, aws.retry_queue, aws.stack.function("RetryFunction"), REGION, wait_seconds=0)
+
+
+def event_for(user: str, name: str = "event-created") -> dict:
+    """A sample event re-addressed to another user (and given its own event id)."""
+    event = http_event(name)
+    body = json.loads(event["body"])
+    entity = body["parameters"].get("entity") or body["parameters"]["new_entity"]
+    if "user" in entity:
+        entity["user"]["organization_user_id"] = user
+        entity["id"] = f"{entity['id']}-{user}"
+    else:
+        entity["organization_user_id"] = user
+    event["body"] = json.dumps(body)
+    return event

@@ -24,7 +24,7 @@ class Dependencies:
     queues: Queues
     schedule: RetrySchedule
     objects_per_request: int
-    clock: Callable[[], float] = field(default=time.time)
+    clock: Callable[[], float] = field(default=lambda: time.time())  # looked up per call: tests move the clock
 
     def webhook_token(self) -> str:
         return self.secrets.read(self.webhook_secret_id)

@@ -1,0 +1,212 @@
+"""RetryFunction through moto's real SQS semantics (DelaySeconds, visibility, redrive) under a frozen clock.
+
+The clock is moved by the test, never slept through: moto enforces visibility on the wall clock, and
+freezegun is that clock here.
+"""
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+from freezegun import freeze_time
+
+from didomi_braze.domain.mapping import BrazeIdentity, BrazeUpdate
+from didomi_braze.domain.retry import PendingUpdate
+from tests.integration.conftest import call_webhook, event_for
+from tests.samples import connector_document, http_event
+
+# Frozen at today's date: moto also expires messages after the queues' retention period, on the same clock.
+START = datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def run(clock, worker, seconds: float, step: float = 0.25) -> list[tuple[float, int]]:
+    """Advance the clock `step` seconds at a time, polling the queue each time like Lambda's event source.
+
+    Returns (seconds since start, messages handed to the function) for each invocation."""
+    calls = []
+    for tick in range(1, int(seconds / step) + 1):
+        clock.tick(step)
+        while handed := worker.poll_once(wait_seconds=0):
+            calls.append((tick * step, handed))
+    return calls
+
+
+def on_schedule(calls, expected) -> bool:
+    """The retries happened at the expected seconds after the first failure, within 2 s each."""
+    return len(calls) == len(expected) and all(abs(t - e) <= 2 for (t, _), e in zip(calls, expected))
+
+
+def parked(aws) -> list[dict]:
+    return [
+        {"body": json.loads(m["Body"]), **{k: v["StringValue"] for k, v in m["MessageAttributes"].items()}}
+        for m in aws.messages(aws.dead_letter_queue)
+    ]
+
+
+def test_an_event_that_always_fails_is_retried_exactly_five_times_on_schedule_then_parked(aws, braze, worker):
+    with freeze_time(START) as clock:
+        braze.fail_randomly(rate=1.0, seed=1, faults=("503",))
+        assert call_webhook(http_event("event-created"))[0] == 202  # the first failure, at t = 0
+
+        calls = run(clock, worker, 400)
+
+    assert on_schedule(calls, [30, 75, 135, 210, 300]), calls
+    assert len(braze.track_requests()) == 6  # the webhook's own try, then five retries
+    [dead] = parked(aws)
+    assert dead["reason"].startswith("retries exhausted after 5 retries; last: braze server error (503)")
+    assert dead["attempts"] == "6" and dead["last_braze_status"] == "503"
+    assert dead["first_failure_at"] == START.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+    assert dead["body"]["update"] == {"email_subscribe": "opted_in", "subscription_groups": {
+        "3f1c9a52-7d4e-4b8a-9c61-2e5f0a7b8d13": "subscribed"}}
+    assert aws.messages(aws.retry_queue) == []
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_an_event_that_succeeds_on_retry_k_stops_there(aws, braze, worker, k):
+    with freeze_time(START) as clock:
+        braze.fail_next(*["503"] * k)  # the webhook's try and the first k-1 retries fail
+        call_webhook(http_event("event-created"))
+
+        calls = run(clock, worker, 400)
+
+    assert on_schedule(calls, [30, 75, 135, 210, 300][:k])
+    assert braze.state("external_id:customer-42").email_subscribe == "opted_in"
+    assert parked(aws) == [] and aws.messages(aws.retry_queue) == []
+
+
+def test_120_queued_events_become_three_braze_calls(aws, braze, worker):
+    users = [f"user-{i:03d}" for i in range(120)]
+    for user in users:
+        braze.add_user(f"external_id:{user}")
+    with freeze_time(START) as clock:
+        braze.fail_next(*["503"] * 120)
+        assert {call_webhook(event_for(user))[0] for user in users} == {202}
+        requests_before = len(braze.track_requests())
+
+        calls = run(clock, worker, 40)
+
+    retries = braze.track_requests()[requests_before:]
+    assert [len(r.body["attributes"]) for r in retries] == [50, 50, 20]
+    assert sum(handed for _, handed in calls) == 120
+    assert all(braze.state(f"external_id:{u}").email_subscribe == "opted_in" for u in users)
+
+
+def test_a_per_item_error_parks_only_its_own_message(aws, braze, worker):
+    users = [f"user-{i}" for i in range(5)]
+    for user in users:
+        braze.add_user(f"external_id:{user}")
+    with freeze_time(START) as clock:
+        braze.fail_next(*["503"] * 5, "item_error")
+        for user in users:
+            call_webhook(event_for(user))
+        run(clock, worker, 40)
+
+    [retry_request] = braze.track_requests()[5:]
+    rejected = retry_request.body["attributes"][0]["external_id"]
+    [dead] = parked(aws)
+    assert dead["body"]["identity"]["value"] == rejected
+    assert dead["reason"] == "braze rejected the object: injected item error" and dead["attempts"] == "2"
+    assert [u for u in users if braze.state(f"external_id:{u}").updates] == [u for u in users if u != rejected]
+
+
+def test_a_request_braze_refuses_as_a_whole_is_resent_object_by_object(aws, braze, worker):
+    users = ["user-a", "user-b", "user-c"]
+    for user in users:
+        braze.add_user(f"external_id:{user}")
+    with freeze_time(START) as clock:
+        braze.fail_next("503", "503", "503", "400")
+        for user in users:
+            call_webhook(event_for(user))
+        run(clock, worker, 40)
+
+    sizes = [len(r.body["attributes"]) for r in braze.track_requests()[3:]]
+    assert sizes == [3, 1, 1, 1]
+    assert parked(aws) == []
+    assert all(braze.state(f"external_id:{u}").email_subscribe == "opted_in" for u in users)
+
+
+def test_a_malformed_message_is_parked_at_once_without_holding_up_the_batch(aws, braze, worker):
+    with freeze_time(START) as clock:
+        aws.sqs.send_message(QueueUrl=aws.retry_queue, MessageBody='{"hello": "world"}')
+        braze.fail_next("503")
+        call_webhook(http_event("event-created"))
+        run(clock, worker, 40)
+
+    [dead] = parked(aws)
+    assert dead["body"] == {"hello": "world"} and dead["reason"].startswith("not a retry message written by this connector")
+    assert braze.state("external_id:customer-42").email_subscribe == "opted_in"
+
+
+def test_a_429_in_the_worker_waits_until_braze_s_reset_before_the_next_retry(aws, braze, worker):
+    braze.rate_limit_reset_in = 100  # later than the schedule's next delay (45 s)
+    with freeze_time(START) as clock:
+        braze.fail_next("503", "429")
+        call_webhook(http_event("event-created"))
+        calls = run(clock, worker, 200)
+
+    assert on_schedule(calls, [30, 130]), calls
+    assert braze.state("external_id:customer-42").email_subscribe == "opted_in"
+
+
+def test_updates_for_one_user_in_one_batch_are_collapsed_to_the_newest(aws, braze, worker):
+    with freeze_time(START) as clock:
+        braze.fail_next("503", "503")
+        call_webhook(http_event("event-created"))  # 2026-05-04 12:00: opted in
+        call_webhook(http_event("user-updated"))  # updated_at 2026-05-02: older, unsubscribed
+        run(clock, worker, 40)
+
+    [retry] = braze.track_requests()[2:]
+    assert len(retry.body["attributes"]) == 1
+    assert retry.body["attributes"][0]["email_subscribe"] == "opted_in"  # the newer state wins
+
+
+def test_a_401_in_the_worker_picks_up_a_rotated_key_before_the_next_retry(aws, braze, worker):
+    with freeze_time(START) as clock:
+        braze.fail_next("503")
+        call_webhook(http_event("event-created"))
+        braze.api_key = "rotated-key"  # Braze now refuses the cached key
+        aws.put_connector(connector_document(braze.url) | {"authentication": {"api_key": "rotated-key", "server": braze.url}})
+        calls = run(clock, worker, 100)
+
+    assert on_schedule(calls, [30, 75]), calls
+    assert braze.track_requests()[-1].headers["authorization"] == "Bearer rotated-key"
+    assert braze.state("external_id:customer-42").email_subscribe == "opted_in"
+
+
+def test_a_worker_that_crashes_every_time_still_ends_in_the_dead_letter_queue(aws, braze, worker, monkeypatch):
+    """The queue's own redrive policy (from template.yaml) is the backstop when the worker cannot settle."""
+    from didomi_braze import runtime
+
+    with freeze_time(START) as clock:
+        braze.fail_next("503")
+        call_webhook(http_event("event-created"))
+        monkeypatch.setattr(runtime.dependencies().braze, "track", _crash)
+        crashes = 0
+        for _ in range(12 * 400):
+            clock.tick(1)
+            try:
+                worker.poll_once(wait_seconds=0)
+            except RuntimeError:
+                crashes += 1
+            if dead := aws.messages(aws.dead_letter_queue):
+                break
+
+    redrive = json.loads(aws.sqs.get_queue_attributes(QueueUrl=aws.retry_queue, AttributeNames=["RedrivePolicy"])
+                         ["Attributes"]["RedrivePolicy"])
+    assert crashes == redrive["maxReceiveCount"] == 10
+    assert [json.loads(m["Body"])["event_type"] for m in dead] == ["event.created"]
+
+
+def _crash(*args, **kwargs):
+    raise RuntimeError("worker crashed")
+
+
+def test_a_retry_for_a_user_braze_does_not_know_is_not_created_without_upsert(aws, braze, worker):
+    pending = PendingUpdate("e1", "event.created", BrazeIdentity("external_id", "stranger"), BrazeUpdate("opted_in"),
+                            "2026-05-04|0", "2026-05-04T12:00:00.000000Z", "braze server error (503)")
+    with freeze_time(START) as clock:
+        aws.sqs.send_message(QueueUrl=aws.retry_queue, MessageBody=pending.to_json())
+        run(clock, worker, 5)
+
+    assert braze.track_requests()[0].body["attributes"][0]["_update_existing_only"] is True
+    assert braze.state("external_id:stranger") is None
