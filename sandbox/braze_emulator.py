@@ -236,6 +236,7 @@ def _attribute_problem(obj: object) -> str | None:
 class _Handler(BaseHTTPRequestHandler):
     owner: BrazeEmulator
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: avoid the delayed-ACK stall
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         self._serve("POST")

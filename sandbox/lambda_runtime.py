@@ -94,6 +94,7 @@ class WebhookGateway:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in separate writes
 
             def do_POST(self) -> None:  # noqa: N802
                 gateway._serve(self, "POST")

@@ -35,15 +35,14 @@ class LocalAws:
         return self.stack.queue_urls["DeadLetterQueue"]
 
     def messages(self, queue_url: str) -> list[dict]:
-        """Every message on a queue, made visible again right away (inspection must not disturb the test)."""
+        """Every visible message on a queue, made visible again afterwards (inspection must not hide them)."""
         out = []
-        while True:
-            got = self.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"],
-                                           MessageAttributeNames=["All"], VisibilityTimeout=0).get("Messages", [])
-            new = [m for m in got if m["MessageId"] not in {o["MessageId"] for o in out}]
-            if not new:
-                return out
-            out.extend(new)
+        while got := self.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"],
+                                              MessageAttributeNames=["All"], VisibilityTimeout=60).get("Messages", []):
+            out.extend(got)
+        for message in out:
+            self.sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
+        return out
 
     def put_connector(self, document: dict | str) -> None:
         text = document if isinstance(document, str) else json.dumps(document)
