@@ -26,6 +26,7 @@ test: lint
 
 lint: $(VENV)/.installed $(SAM_VENV)/.installed
 	$(VENV)/bin/ruff check functions sandbox tests
+	$(VENV)/bin/ruff format --check functions sandbox tests
 	$(VENV)/bin/cfn-lint template.yaml
 	$(SAM_VENV)/bin/sam validate --lint --template template.yaml
 

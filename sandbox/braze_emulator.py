@@ -145,7 +145,11 @@ class BrazeEmulator:
             return int(fault), {"message": "Internal Server Error"}, {}
         if fault == "429":
             reset = str(int(time.time()) + self.rate_limit_reset_in)
-            return 429, {"message": "Rate limit exceeded"}, {"X-RateLimit-Limit": "3000", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset}
+            return (
+                429,
+                {"message": "Rate limit exceeded"},
+                {"X-RateLimit-Limit": "3000", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset},
+            )
         if fault == "401":
             return 401, {"message": "Invalid API key"}, {}
         if fault == "400":

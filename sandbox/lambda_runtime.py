@@ -10,17 +10,34 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib
 import json
 import sys
 import threading
 import time
+import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import TextIO
 
 from .template import ROOT, FunctionSpec
+
+
+@contextlib.contextmanager
+def function_output_to(stream: TextIO):
+    """Send the functions' structured logs and EMF metrics to a file, keeping the terminal for people."""
+    from didomi_braze.observability import logger
+
+    handler = logger.registered_handler
+    previous = handler.setStream(stream)
+    with contextlib.redirect_stdout(stream):
+        try:
+            yield
+        finally:
+            handler.setStream(previous)
 
 
 @dataclass
@@ -70,8 +87,13 @@ def http_api_event(method: str, path: str, query: str, headers: dict[str, str], 
             "accountId": "123456789012",
             "apiId": "local",
             "domainName": "127.0.0.1",
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": source_ip,
-                     "userAgent": headers.get("User-Agent", "")},
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": source_ip,
+                "userAgent": headers.get("User-Agent", ""),
+            },
             "requestId": str(uuid.uuid4()),
             "routeKey": f"{method} {path}",
             "stage": "$default",
@@ -132,7 +154,8 @@ class WebhookGateway:
         event = http_api_event(method, path, query, dict(request.headers.items()), body, request.client_address[0])
         try:
             result = self._handler(event, LambdaContext(self.spec.name, self.spec.timeout))
-        except Exception:  # what API Gateway answers when the function fails
+        except Exception:  # what API Gateway answers when the function fails; Lambda logs the traceback
+            traceback.print_exc(file=sys.stderr)
             return self._reply(request, 500, {"message": "Internal Server Error"}, {})
         self._reply(request, int(result.get("statusCode", 200)), result.get("body", ""), result.get("headers") or {})
 

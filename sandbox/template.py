@@ -72,7 +72,7 @@ class Stack:
         if not isinstance(value, dict):
             return value
         if len(value) == 1:
-            (name, arg), = value.items()
+            ((name, arg),) = value.items()
             if name == "Ref":
                 return self._ref(arg)
             if name == "Fn::GetAtt":
@@ -157,8 +157,15 @@ class Stack:
 
 
 def provision(
-    sqs, secretsmanager, *, webhook_token: str, connector_document: str, region: str,
-    parameters: dict[str, str] | None = None, prefix: str = "", template_path: Path = TEMPLATE,
+    sqs,
+    secretsmanager,
+    *,
+    webhook_token: str,
+    connector_document: str,
+    region: str,
+    parameters: dict[str, str] | None = None,
+    prefix: str = "",
+    template_path: Path = TEMPLATE,
 ) -> Stack:
     """Create the template's queues and secrets with boto3 clients (pointed at moto) and return the stack."""
     template = load_template(template_path)
@@ -174,8 +181,16 @@ def provision(
         attributes = {
             key: json.dumps(value) if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) else str(value)
             for key, value in props.items()
-            if key in ("VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds", "RedrivePolicy",
-                       "ReceiveMessageWaitTimeSeconds", "MaximumMessageSize", "SqsManagedSseEnabled")
+            if key
+            in (
+                "VisibilityTimeout",
+                "MessageRetentionPeriod",
+                "DelaySeconds",
+                "RedrivePolicy",
+                "ReceiveMessageWaitTimeSeconds",
+                "MaximumMessageSize",
+                "SqsManagedSseEnabled",
+            )
         }
         if attributes:
             sqs.set_queue_attributes(QueueUrl=stack.queue_urls[logical_id], Attributes=attributes)

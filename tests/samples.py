@@ -24,4 +24,3 @@ def connector_document(server: str | None = None, **overrides) -> dict:
         doc["authentication"]["server"] = server
     doc.update(overrides)
     return doc
-

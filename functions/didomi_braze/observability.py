@@ -21,7 +21,8 @@ def count(name: str, value: int = 1) -> None:
 
 
 def count_by(name: str, dimension: str, label: str, value: int = 1) -> None:
-    """A count split by a low-cardinality label (skip reason, dead-letter reason), emitted at once."""
+    """A count both in total and split by a low-cardinality label (skip reason, dead-letter reason)."""
+    count(name, value)
     with single_metric(
         name=name, unit=MetricUnit.Count, value=value, namespace=metrics.namespace, default_dimensions=metrics.default_dimensions
     ) as metric:

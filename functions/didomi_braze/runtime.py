@@ -29,8 +29,10 @@ def dependencies() -> Dependencies:
         secrets=store,
         connector_source=ConnectorSource(store, env.required("CONNECTOR_SECRET_ID"), env.flag("BRAZE_ALLOW_LOOPBACK")),
         webhook_secret_id=env.required("WEBHOOK_SECRET_ID"),
-        braze=BrazeClient(connect_timeout=env.number("BRAZE_CONNECT_TIMEOUT_SECONDS", 2.0),
-                          read_timeout=env.number("BRAZE_READ_TIMEOUT_SECONDS", 5.0)),
+        braze=BrazeClient(
+            connect_timeout=env.number("BRAZE_CONNECT_TIMEOUT_SECONDS", 2.0),
+            read_timeout=env.number("BRAZE_READ_TIMEOUT_SECONDS", 5.0),
+        ),
         queues=Queues(boto3.client("sqs", config=aws), env.required("RETRY_QUEUE_URL"), env.required("DEAD_LETTER_QUEUE_URL")),
         schedule=RetrySchedule.parse(os.environ.get("RETRY_DELAYS_SECONDS")),
         objects_per_request=env.objects_per_request(),

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
+from didomi_braze import runtime
 from moto import mock_aws
 
-from didomi_braze import runtime
 from sandbox.braze_emulator import BrazeEmulator
 from sandbox.lambda_runtime import LambdaContext
 from sandbox.template import Stack, provision
@@ -37,8 +37,13 @@ class LocalAws:
     def messages(self, queue_url: str) -> list[dict]:
         """Every visible message on a queue, made visible again afterwards (inspection must not hide them)."""
         out = []
-        while got := self.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"],
-                                              MessageAttributeNames=["All"], VisibilityTimeout=60).get("Messages", []):
+        while got := self.sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+            VisibilityTimeout=60,
+        ).get("Messages", []):
             out.extend(got)
         for message in out:
             self.sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
@@ -61,8 +66,9 @@ def aws(monkeypatch, braze):
     with mock_aws():
         sqs = boto3.client("sqs", region_name=REGION)
         secrets = boto3.client("secretsmanager", region_name=REGION)
-        stack = provision(sqs, secrets, webhook_token=WEBHOOK_TOKEN,
-                          connector_document=json.dumps(connector_document(braze.url)), region=REGION)
+        stack = provision(
+            sqs, secrets, webhook_token=WEBHOOK_TOKEN, connector_document=json.dumps(connector_document(braze.url)), region=REGION
+        )
         for name, value in stack.function("WebhookFunction").environment.items():
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("BRAZE_ALLOW_LOOPBACK", "true")

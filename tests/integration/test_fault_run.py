@@ -4,7 +4,7 @@ once in Braze or parked in the dead-letter queue with a reason: none lost, none 
 
 import collections
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from freezegun import freeze_time
 
@@ -25,7 +25,7 @@ def test_every_event_ends_applied_once_or_parked_with_a_reason(aws, braze, worke
         braze.add_user(f"external_id:{user}")
     braze.fail_randomly(rate=0.3, seed=2026, faults=FAULTS)
 
-    with freeze_time(datetime.now(timezone.utc)) as clock:
+    with freeze_time(datetime.now(UTC)) as clock:
         # Events arrive 10 a second while the worker drains the queue, so retries meet faults too.
         answers: collections.Counter = collections.Counter()
         invocations = 0
@@ -36,17 +36,21 @@ def test_every_event_ends_applied_once_or_parked_with_a_reason(aws, braze, worke
             clock.tick(1)
             while worker.poll_once(wait_seconds=0):
                 invocations += 1
-        dead = {json.loads(m["Body"])["identity"]["value"]: {k: v["StringValue"] for k, v in m["MessageAttributes"].items()}
-                for m in aws.messages(aws.dead_letter_queue)}
+        dead = {
+            json.loads(m["Body"])["identity"]["value"]: {k: v["StringValue"] for k, v in m["MessageAttributes"].items()}
+            for m in aws.messages(aws.dead_letter_queue)
+        }
         left_on_retry_queue = aws.messages(aws.retry_queue)
 
     applied = {u: braze.state(f"external_id:{u}").updates for u in users}
     injected = collections.Counter(r.fault for r in braze.track_requests() if r.fault)
     with capsys.disabled():
-        print(f"\nfault run: {EVENTS} events; webhook answers {dict(answers)}; Braze calls {len(braze.track_requests())} "
-              f"with injected faults {dict(injected)}; worker invocations {invocations}; "
-              f"applied once {sum(1 for n in applied.values() if n == 1)}; dead-lettered {len(dead)}; "
-              f"dead-letter reasons {dict(collections.Counter(d['reason'].split(':')[0] for d in dead.values()))}")
+        print(
+            f"\nfault run: {EVENTS} events; webhook answers {dict(answers)}; Braze calls {len(braze.track_requests())} "
+            f"with injected faults {dict(injected)}; worker invocations {invocations}; "
+            f"applied once {sum(1 for n in applied.values() if n == 1)}; dead-lettered {len(dead)}; "
+            f"dead-letter reasons {dict(collections.Counter(d['reason'].split(':')[0] for d in dead.values()))}"
+        )
 
     assert set(answers) <= {(200, "delivered"), (202, "queued"), (200, "dead_lettered")}
     assert left_on_retry_queue == []

@@ -5,18 +5,18 @@ freezegun is that clock here.
 """
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-from freezegun import freeze_time
-
 from didomi_braze.domain.mapping import BrazeIdentity, BrazeUpdate
 from didomi_braze.domain.retry import PendingUpdate
+from freezegun import freeze_time
+
 from tests.integration.conftest import call_webhook, event_for
 from tests.samples import connector_document, http_event
 
 # Frozen at today's date: moto also expires messages after the queues' retention period, on the same clock.
-START = datetime.now(timezone.utc).replace(microsecond=0)
+START = datetime.now(UTC).replace(microsecond=0)
 
 
 def run(clock, worker, seconds: float, step: float = 0.25) -> list[tuple[float, int]]:
@@ -33,7 +33,7 @@ def run(clock, worker, seconds: float, step: float = 0.25) -> list[tuple[float, 
 
 def on_schedule(calls, expected) -> bool:
     """The retries happened at the expected seconds after the first failure, within 2 s each."""
-    return len(calls) == len(expected) and all(abs(t - e) <= 2 for (t, _), e in zip(calls, expected))
+    return len(calls) == len(expected) and all(abs(t - e) <= 2 for (t, _), e in zip(calls, expected, strict=True))
 
 
 def parked(aws) -> list[dict]:
@@ -56,8 +56,10 @@ def test_an_event_that_always_fails_is_retried_exactly_five_times_on_schedule_th
     assert dead["reason"].startswith("retries exhausted after 5 retries; last: braze server error (503)")
     assert dead["attempts"] == "6" and dead["last_braze_status"] == "503"
     assert dead["first_failure_at"] == START.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
-    assert dead["body"]["update"] == {"email_subscribe": "opted_in", "subscription_groups": {
-        "3f1c9a52-7d4e-4b8a-9c61-2e5f0a7b8d13": "subscribed"}}
+    assert dead["body"]["update"] == {
+        "email_subscribe": "opted_in",
+        "subscription_groups": {"3f1c9a52-7d4e-4b8a-9c61-2e5f0a7b8d13": "subscribed"},
+    }
     assert aws.messages(aws.retry_queue) == []
 
 
@@ -191,8 +193,9 @@ def test_a_worker_that_crashes_every_time_still_ends_in_the_dead_letter_queue(aw
             if dead := aws.messages(aws.dead_letter_queue):
                 break
 
-    redrive = json.loads(aws.sqs.get_queue_attributes(QueueUrl=aws.retry_queue, AttributeNames=["RedrivePolicy"])
-                         ["Attributes"]["RedrivePolicy"])
+    redrive = json.loads(
+        aws.sqs.get_queue_attributes(QueueUrl=aws.retry_queue, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"]
+    )
     assert crashes == redrive["maxReceiveCount"] == 10
     assert [json.loads(m["Body"])["event_type"] for m in dead] == ["event.created"]
 
@@ -202,8 +205,15 @@ def _crash(*args, **kwargs):
 
 
 def test_a_retry_for_a_user_braze_does_not_know_is_not_created_without_upsert(aws, braze, worker):
-    pending = PendingUpdate("e1", "event.created", BrazeIdentity("external_id", "stranger"), BrazeUpdate("opted_in"),
-                            "2026-05-04|0", "2026-05-04T12:00:00.000000Z", "braze server error (503)")
+    pending = PendingUpdate(
+        "e1",
+        "event.created",
+        BrazeIdentity("external_id", "stranger"),
+        BrazeUpdate("opted_in"),
+        "2026-05-04|0",
+        "2026-05-04T12:00:00.000000Z",
+        "braze server error (503)",
+    )
     with freeze_time(START) as clock:
         aws.sqs.send_message(QueueUrl=aws.retry_queue, MessageBody=pending.to_json())
         run(clock, worker, 5)

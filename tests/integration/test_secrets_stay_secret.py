@@ -13,8 +13,11 @@ USER = "customer-42"
 
 
 def _everything_visible(aws, capsys, logs, answers) -> str:
-    queued = [m["Body"] + json.dumps(m.get("MessageAttributes", {}))
-              for q in (aws.retry_queue, aws.dead_letter_queue) for m in aws.messages(q)]
+    queued = [
+        m["Body"] + json.dumps(m.get("MessageAttributes", {}))
+        for q in (aws.retry_queue, aws.dead_letter_queue)
+        for m in aws.messages(q)
+    ]
     return "\n".join([logs.getvalue(), capsys.readouterr().out, *map(json.dumps, answers), *queued])
 
 

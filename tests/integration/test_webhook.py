@@ -7,8 +7,8 @@ import base64
 import json
 
 import pytest
-
 from didomi_braze import __version__
+
 from tests.integration.conftest import call_webhook
 from tests.samples import BRAZE_API_KEY, WEBHOOK_TOKEN, connector_document, http_event
 
@@ -16,18 +16,39 @@ SALES = "3f1c9a52-7d4e-4b8a-9c61-2e5f0a7b8d13"
 WEEKLY = "9b2e4d61-0c3a-4f7e-8d15-6a9c1b3e5f27"
 
 EXPECTED_BRAZE_OBJECT = {
-    "user-created": {"external_id": "customer-7", "_update_existing_only": True, "email_subscribe": "opted_in",
-                     "subscription_groups": [{"subscription_group_id": SALES, "subscription_state": "subscribed"},
-                                             {"subscription_group_id": WEEKLY, "subscription_state": "subscribed"}]},
+    "user-created": {
+        "external_id": "customer-7",
+        "_update_existing_only": True,
+        "email_subscribe": "opted_in",
+        "subscription_groups": [
+            {"subscription_group_id": SALES, "subscription_state": "subscribed"},
+            {"subscription_group_id": WEEKLY, "subscription_state": "subscribed"},
+        ],
+    },
     "user-updated": {"external_id": "customer-42", "_update_existing_only": True, "email_subscribe": "unsubscribed"},
-    "event-created": {"external_id": "customer-42", "_update_existing_only": True, "email_subscribe": "opted_in",
-                      "subscription_groups": [{"subscription_group_id": SALES, "subscription_state": "subscribed"}]},
-    "event-created-base64": {"external_id": "customer-42", "_update_existing_only": True, "email_subscribe": "opted_in",
-                             "subscription_groups": [{"subscription_group_id": SALES, "subscription_state": "subscribed"}]},
-    "event-updated-confirmed": {"external_id": "customer-9", "_update_existing_only": True, "email_subscribe": "opted_in",
-                                "subscription_groups": [{"subscription_group_id": SALES, "subscription_state": "unsubscribed"}]},
-    "event-updated": {"external_id": "customer-9", "_update_existing_only": True,
-                      "subscription_groups": [{"subscription_group_id": SALES, "subscription_state": "subscribed"}]},
+    "event-created": {
+        "external_id": "customer-42",
+        "_update_existing_only": True,
+        "email_subscribe": "opted_in",
+        "subscription_groups": [{"subscription_group_id": SALES, "subscription_state": "subscribed"}],
+    },
+    "event-created-base64": {
+        "external_id": "customer-42",
+        "_update_existing_only": True,
+        "email_subscribe": "opted_in",
+        "subscription_groups": [{"subscription_group_id": SALES, "subscription_state": "subscribed"}],
+    },
+    "event-updated-confirmed": {
+        "external_id": "customer-9",
+        "_update_existing_only": True,
+        "email_subscribe": "opted_in",
+        "subscription_groups": [{"subscription_group_id": SALES, "subscription_state": "unsubscribed"}],
+    },
+    "event-updated": {
+        "external_id": "customer-9",
+        "_update_existing_only": True,
+        "subscription_groups": [{"subscription_group_id": SALES, "subscription_state": "subscribed"}],
+    },
 }
 
 
@@ -54,8 +75,12 @@ def test_the_user_state_in_braze_follows_the_events(aws, braze):
 
 @pytest.mark.parametrize(
     ("name", "reason"),
-    [("event-created-pending", "pending"), ("user-deleted", "deleted"), ("event-deleted", "deleted"),
-     ("event-created-cpra", "regulation_not_configured")],
+    [
+        ("event-created-pending", "pending"),
+        ("user-deleted", "deleted"),
+        ("event-deleted", "deleted"),
+        ("event-created-cpra", "regulation_not_configured"),
+    ],
 )
 def test_skipped_events_are_acknowledged_with_their_reason_and_change_nothing(aws, braze, logs, name, reason):
     status, body = call_webhook(http_event(name))
@@ -68,8 +93,18 @@ def test_skipped_events_are_acknowledged_with_their_reason_and_change_nothing(aw
 
 @pytest.mark.parametrize(
     "authorization",
-    [None, "", "Bearer", "Bearer ", "Basic bG9jYWw6dG9rZW4=", f"Token {WEBHOOK_TOKEN}", "Bearer wrong-token",
-     f"Bearer {WEBHOOK_TOKEN}x", f"Bearer {WEBHOOK_TOKEN[:-1]}", f"{WEBHOOK_TOKEN}"],
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic bG9jYWw6dG9rZW4=",
+        f"Token {WEBHOOK_TOKEN}",
+        "Bearer wrong-token",
+        f"Bearer {WEBHOOK_TOKEN}x",
+        f"Bearer {WEBHOOK_TOKEN[:-1]}",
+        f"{WEBHOOK_TOKEN}",
+    ],
 )
 def test_missing_malformed_or_wrong_tokens_get_401_and_nothing_happens(aws, braze, authorization):
     event = http_event("event-created")

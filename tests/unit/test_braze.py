@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from didomi_braze.domain.braze import DELIVERED, PERMANENT, RETRYABLE, attributes_object, classify_response, track_body
 from didomi_braze.domain.mapping import BrazeIdentity, BrazeUpdate
 
@@ -42,7 +41,9 @@ def test_201_success_is_delivered():
 
 
 def test_per_item_errors_fail_only_their_own_objects():
-    outcome = _classify(201, {"message": "success", "errors": [{"type": "bad email", "input_array": "attributes", "index": 1}]}, count=3)
+    outcome = _classify(
+        201, {"message": "success", "errors": [{"type": "bad email", "input_array": "attributes", "index": 1}]}, count=3
+    )
     assert outcome.kind == DELIVERED
     assert outcome.item_error(0) is None and outcome.item_error(1) == "bad email" and outcome.item_error(2) is None
 

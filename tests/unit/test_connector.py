@@ -3,9 +3,9 @@
 import json
 
 import pytest
-
 from didomi_braze.domain.connector import parse_connector_document
 from didomi_braze.domain.errors import ConfigurationError
+
 from tests.samples import connector_document
 
 SECRET_KEY = "braze-key-3c7f1d9e-should-never-be-printed"
@@ -26,7 +26,10 @@ def test_the_sample_document_parses_into_a_typed_config():
     config = _parse(connector_document("EU-01"))
     assert config.server == "https://rest.fra-01.braze.eu"
     assert config.email_opted_in == config.email_unsubscribed == "consents_purposes_newsletter_enabled"
-    assert [g for g, _ in config.subscription_groups] == ["3f1c9a52-7d4e-4b8a-9c61-2e5f0a7b8d13", "9b2e4d61-0c3a-4f7e-8d15-6a9c1b3e5f27"]
+    assert [g for g, _ in config.subscription_groups] == [
+        "3f1c9a52-7d4e-4b8a-9c61-2e5f0a7b8d13",
+        "9b2e4d61-0c3a-4f7e-8d15-6a9c1b3e5f27",
+    ]
     assert config.regulations == {"gdpr"} and config.user_identifier == "external_id" and config.upsert_mode is False
 
 
@@ -97,9 +100,18 @@ def test_loopback_is_accepted_only_when_explicitly_allowed():
         (lambda d: d["properties"].update(user_identifier="braze_id"), "properties.user_identifier must be"),
         (lambda d: d.update(upsert_mode="false"), "upsert_mode must be true or false"),
         (lambda d: d.update(mappings=[]), "mappings must be a non-empty list"),
-        (lambda d: d["mappings"].append({"id": "", "value": "consents_purposes_x_enabled"}), "mappings[4].id must be a non-empty string"),
-        (lambda d: d["mappings"].append({"id": 7, "value": "consents_purposes_x_enabled"}), "mappings[4].id must be a non-empty string"),
-        (lambda d: d["mappings"].append({"id": "OPTED_IN", "value": "consents_purposes_x_enabled"}), "mappings[4].id 'OPTED_IN' is mapped twice"),
+        (
+            lambda d: d["mappings"].append({"id": "", "value": "consents_purposes_x_enabled"}),
+            "mappings[4].id must be a non-empty string",
+        ),
+        (
+            lambda d: d["mappings"].append({"id": 7, "value": "consents_purposes_x_enabled"}),
+            "mappings[4].id must be a non-empty string",
+        ),
+        (
+            lambda d: d["mappings"].append({"id": "OPTED_IN", "value": "consents_purposes_x_enabled"}),
+            "mappings[4].id 'OPTED_IN' is mapped twice",
+        ),
         (lambda d: d["mappings"].append({"id": "g", "value": "purposes.x"}), "mappings[4].value must name a consent"),
         (lambda d: d["mappings"].append("OPTED_IN"), "mappings[4] must be an object"),
     ],

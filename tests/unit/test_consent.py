@@ -1,7 +1,6 @@
 """Resolving mapping values against a Didomi consent state: every value form of DESIGN §3."""
 
 import pytest
-
 from didomi_braze.domain.consent import parse_consents
 from didomi_braze.domain.errors import InvalidWebhook
 
@@ -15,7 +14,11 @@ STATE = parse_consents(
                 "id": "product_updates",
                 "enabled": None,
                 "preferences": [
-                    {"id": "frequency_pref", "enabled": True, "channels": [{"id": "email", "enabled": False}, {"id": "sms", "enabled": None}]}
+                    {
+                        "id": "frequency_pref",
+                        "enabled": True,
+                        "channels": [{"id": "email", "enabled": False}, {"id": "sms", "enabled": None}],
+                    }
                 ],
                 "values": {"frequency": {"value": "weekly,monthly"}, "topics": {"value": ""}, "unset": {"value": None}},
             },
@@ -71,10 +74,15 @@ def test_absent_consents_resolve_everything_to_null():
         ({"purposes": ["x"]}, "consents.purposes[0] must be an object"),
         ({"purposes": [{"enabled": True}]}, "consents.purposes[0].id must be a non-empty string"),
         ({"purposes": [{"id": "n", "enabled": "true"}]}, "consents.purposes[0].enabled must be true, false or null"),
-        ({"purposes": [{"id": "n", "values": {"t": "a,b"}}]}, 'consents.purposes[0].values.t must be an object like {"value": "a,b"}'),
+        (
+            {"purposes": [{"id": "n", "values": {"t": "a,b"}}]},
+            'consents.purposes[0].values.t must be an object like {"value": "a,b"}',
+        ),
         ({"purposes": [{"id": "n", "values": {"t": {"value": 3}}}]}, "consents.purposes[0].values.t.value must be a string"),
-        ({"purposes": [{"id": "n", "preferences": [{"id": "p", "channels": [{"id": "e", "enabled": 1}]}]}]},
-         "consents.purposes[0].preferences[0].channels[0].enabled must be true, false or null"),
+        (
+            {"purposes": [{"id": "n", "preferences": [{"id": "p", "channels": [{"id": "e", "enabled": 1}]}]}]},
+            "consents.purposes[0].preferences[0].channels[0].enabled must be true, false or null",
+        ),
         ({"channels": [{"id": 5, "enabled": True}]}, "consents.channels[0].id must be a non-empty string"),
     ],
 )

@@ -1,13 +1,22 @@
 """Parsing Didomi webhook bodies: the six event types, regulations, and what a careless sender gets."""
 
 import pytest
-
 from didomi_braze.domain.didomi import parse_webhook
 from didomi_braze.domain.errors import InvalidWebhook
+
 from tests.samples import didomi_body
 
-SAMPLES = ["user-created", "user-updated", "user-deleted", "event-created", "event-created-pending",
-           "event-updated", "event-updated-confirmed", "event-deleted", "event-created-cpra"]
+SAMPLES = [
+    "user-created",
+    "user-updated",
+    "user-deleted",
+    "event-created",
+    "event-created-pending",
+    "event-updated",
+    "event-updated-confirmed",
+    "event-deleted",
+    "event-created-cpra",
+]
 
 
 @pytest.mark.parametrize("name", SAMPLES)

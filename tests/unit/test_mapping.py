@@ -1,21 +1,20 @@
 """The mapping semantics of DESIGN §3: the email truth table, subscription groups, and sending only changes."""
 
 import itertools
+import json
 
 import pytest
-
 from didomi_braze.domain.connector import parse_connector_document
 from didomi_braze.domain.consent import ConsentState
 from didomi_braze.domain.didomi import parse_webhook
 from didomi_braze.domain.mapping import BrazeUpdate, Push, Skip, plan, update_for
-from tests.samples import connector_document, didomi_body
 
-import json
+from tests.samples import connector_document, didomi_body
 
 CONFIG = parse_connector_document(json.dumps(connector_document("EU-01")))
 SALES = "3f1c9a52-7d4e-4b8a-9c61-2e5f0a7b8d13"
 WEEKLY = "9b2e4d61-0c3a-4f7e-8d15-6a9c1b3e5f27"
-O, U = "consents_purposes_o_enabled", "consents_purposes_u_enabled"
+OPT, UNSUB = "consents_purposes_o_enabled", "consents_purposes_u_enabled"
 
 
 def _config(**mappings):
@@ -36,19 +35,19 @@ def _expected_email(o, u):
 
 @pytest.mark.parametrize(("o", "u"), list(itertools.product([True, False, None], repeat=2)))
 def test_email_truth_table_first_matching_row_wins(o, u):
-    answers = {k: v for k, v in ((O, o), (U, u)) if v is not None}
-    update = update_for(ConsentState(answers), _config(OPTED_IN=O, UNSUBSCRIBED=U))
+    answers = {k: v for k, v in ((OPT, o), (UNSUB, u)) if v is not None}
+    update = update_for(ConsentState(answers), _config(OPTED_IN=OPT, UNSUBSCRIBED=UNSUB))
     assert update.email_subscribe == _expected_email(o, u)
 
 
 @pytest.mark.parametrize(
     ("mapped", "answers", "expected"),
     [
-        ({"OPTED_IN": O}, {O: True}, "opted_in"),
-        ({"OPTED_IN": O}, {O: False}, "subscribed"),  # o false, no UNSUBSCRIBED mapping
-        ({"UNSUBSCRIBED": U}, {U: False}, "unsubscribed"),
-        ({"UNSUBSCRIBED": U}, {U: True}, "subscribed"),
-        ({"sg": O}, {O: True}, None),  # no email mapping at all: email_subscribe never sent
+        ({"OPTED_IN": OPT}, {OPT: True}, "opted_in"),
+        ({"OPTED_IN": OPT}, {OPT: False}, "subscribed"),  # o false, no UNSUBSCRIBED mapping
+        ({"UNSUBSCRIBED": UNSUB}, {UNSUB: False}, "unsubscribed"),
+        ({"UNSUBSCRIBED": UNSUB}, {UNSUB: True}, "subscribed"),
+        ({"sg": OPT}, {OPT: True}, None),  # no email mapping at all: email_subscribe never sent
     ],
 )
 def test_email_with_only_one_of_the_two_mappings(mapped, answers, expected):
@@ -57,8 +56,8 @@ def test_email_with_only_one_of_the_two_mappings(mapped, answers, expected):
 
 @pytest.mark.parametrize(("enabled", "state"), [(True, "subscribed"), (False, "unsubscribed"), (None, None)])
 def test_subscription_group_follows_its_consent_and_null_sends_nothing(enabled, state):
-    answers = {O: enabled} if enabled is not None else {}
-    update = update_for(ConsentState(answers), _config(**{"group-1": O}))
+    answers = {OPT: enabled} if enabled is not None else {}
+    update = update_for(ConsentState(answers), _config(**{"group-1": OPT}))
     assert update.subscription_groups == ({"group-1": state} if state else {})
 
 

@@ -3,7 +3,6 @@
 import itertools
 
 import pytest
-
 from didomi_braze.domain.errors import ConfigurationError, MalformedRetryMessage
 from didomi_braze.domain.mapping import BrazeIdentity, BrazeUpdate
 from didomi_braze.domain.retry import PendingUpdate, RetrySchedule, chunks, collapse
@@ -40,8 +39,15 @@ def test_invalid_schedules_are_refused_with_a_clear_message(text, message):
 
 
 def _pending(user, order, email=None, groups=None, event="e"):
-    return PendingUpdate(event, "user.updated", BrazeIdentity("external_id", user), BrazeUpdate(email, groups or {}),
-                         order, "2026-05-02T09:15:22.000000Z", "braze server error (503)")
+    return PendingUpdate(
+        event,
+        "user.updated",
+        BrazeIdentity("external_id", user),
+        BrazeUpdate(email, groups or {}),
+        order,
+        "2026-05-02T09:15:22.000000Z",
+        "braze server error (503)",
+    )
 
 
 def test_a_retry_message_survives_the_round_trip_through_json():
@@ -51,9 +57,15 @@ def test_a_retry_message_survives_the_round_trip_through_json():
 
 @pytest.mark.parametrize(
     "body",
-    ["", "not json", "[]", '{"version": 1}', '{"version": 2, "event_id": "e"}',
-     _pending("u", "1").to_json().replace('"external_id"', '"braze_id"'),
-     _pending("u", "1").to_json()],  # no update at all
+    [
+        "",
+        "not json",
+        "[]",
+        '{"version": 1}',
+        '{"version": 2, "event_id": "e"}',
+        _pending("u", "1").to_json().replace('"external_id"', '"braze_id"'),
+        _pending("u", "1").to_json(),
+    ],  # no update at all
 )
 def test_a_message_this_connector_did_not_write_is_malformed(body):
     with pytest.raises(MalformedRetryMessage):

@@ -40,9 +40,7 @@ class Queues:
         self._sqs.send_message(QueueUrl=self._retry_url, MessageBody=body, DelaySeconds=delay_seconds)
 
     def postpone(self, receipt_handle: str, seconds: int) -> None:
-        self._sqs.change_message_visibility(
-            QueueUrl=self._retry_url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
-        )
+        self._sqs.change_message_visibility(QueueUrl=self._retry_url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds)
 
     def delete_retry(self, receipt_handle: str) -> None:
         self._sqs.delete_message(QueueUrl=self._retry_url, ReceiptHandle=receipt_handle)

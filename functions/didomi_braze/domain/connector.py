@@ -160,7 +160,7 @@ def _json_problem(text: str, exc: ValueError) -> str:
     """Say why the document is not JSON. Didomi's docs show it with comments and trailing commas."""
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
-        if stripped.startswith("//") or stripped.startswith("/*") or re.search(r'[,{\[]\s*//', line):
+        if stripped.startswith("//") or stripped.startswith("/*") or re.search(r"[,{\[]\s*//", line):
             return (
                 f"the connector document is not valid JSON: line {number} has a // comment, as in Didomi's "
                 "documentation example; remove the comments (and any trailing commas): JSON allows neither"
@@ -173,4 +173,6 @@ def _json_problem(text: str, exc: ValueError) -> str:
             "bracket, as in Didomi's documentation example; remove it"
         )
     # JSONDecodeError's own message carries a position, never the text itself.
-    return f"the connector document is not valid JSON: {getattr(exc, 'msg', 'cannot parse')} at line {getattr(exc, 'lineno', '?')}"
+    return (
+        f"the connector document is not valid JSON: {getattr(exc, 'msg', 'cannot parse')} at line {getattr(exc, 'lineno', '?')}"
+    )

@@ -7,7 +7,7 @@ without breaking deliveries. Every error names the JSON path of the problem.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .consent import ConsentState, parse_consents
@@ -139,5 +139,5 @@ def _timestamp(raw: dict, key: str, path: str) -> str | None:
     except ValueError:
         raise InvalidWebhook(f"{path}.{key} must be an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Sequence
+from datetime import UTC, datetime
 
 from .errors import ConfigurationError, MalformedRetryMessage
 from .mapping import BrazeIdentity, BrazeUpdate
@@ -144,4 +144,4 @@ def chunks(items: list[UserBatchItem], size: int) -> list[list[UserBatchItem]]:
 
 
 def iso_utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

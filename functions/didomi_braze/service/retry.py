@@ -42,7 +42,9 @@ class _Batch:
                 if outcome.kind == DELIVERED and outcome.item_error(index) is None:
                     self.delivered(message_id)
                 elif outcome.kind == DELIVERED:
-                    self.park(message_id, f"braze rejected the object: {outcome.item_error(index)}", "braze_rejected", outcome.status)
+                    self.park(
+                        message_id, f"braze rejected the object: {outcome.item_error(index)}", "braze_rejected", outcome.status
+                    )
                 elif outcome.kind == PERMANENT:
                     self.park(message_id, outcome.reason, "braze_rejected", outcome.status)
                 else:
@@ -63,11 +65,15 @@ class _Batch:
             self.deps.queues.postpone(record.receipt_handle, delay)
         except Exception as exc:
             # It still comes back, after the queue's own visibility timeout instead of the schedule's delay.
-            logger.error("could not postpone a retry; it returns after the queue's visibility timeout",
-                         extra={**self._log(message_id), "problem": str(exc)})
+            logger.error(
+                "could not postpone a retry; it returns after the queue's visibility timeout",
+                extra={**self._log(message_id), "problem": str(exc)},
+            )
         count("RetriesScheduled")
-        logger.warning("retry failed; next retry scheduled",
-                       extra={**self._log(message_id), "reason": outcome.reason, "braze_status": outcome.status, "retry_in_seconds": delay})
+        logger.warning(
+            "retry failed; next retry scheduled",
+            extra={**self._log(message_id), "reason": outcome.reason, "braze_status": outcome.status, "retry_in_seconds": delay},
+        )
         self.failures.append(message_id)
 
     def park(self, message_id: str, reason: str, category: str, status: int | None = None) -> None:
@@ -83,8 +89,10 @@ class _Batch:
         try:
             self.deps.queues.dead_letter(record.body, why)
         except Exception as exc:
-            logger.error("could not dead-letter a message; it stays on the retry queue",
-                         extra={**self._log(message_id), "problem": str(exc)})
+            logger.error(
+                "could not dead-letter a message; it stays on the retry queue",
+                extra={**self._log(message_id), "problem": str(exc)},
+            )
             self.failures.append(message_id)
             return
         count_by("EventsDeadLettered", "reason", category)
@@ -94,7 +102,9 @@ class _Batch:
         out: dict = {"message_id": message_id, "attempt": self.records[message_id].receive_count}
         pending = self.pending.get(message_id)
         if pending:
-            out.update(event_id=pending.event_id, event_type=pending.event_type, user_ref=self.deps.user_ref(pending.identity.key))
+            out.update(
+                event_id=pending.event_id, event_type=pending.event_type, user_ref=self.deps.user_ref(pending.identity.key)
+            )
         return out
 
 

@@ -10,8 +10,8 @@ import base64
 import binascii
 import hmac
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..adapters.queues import DeadLetter
 from ..domain.braze import DELIVERED, PERMANENT, BrazeOutcome, attributes_object
@@ -93,14 +93,21 @@ def _deliver(push: Push, event_type: str, config, deps: Dependencies) -> Answer:
         first_failure_reason=_reason(outcome),
     )
     if outcome.kind == PERMANENT or outcome.item_errors:
-        why = DeadLetter(_reason(outcome), attempts=1, first_failure_at=pending.first_failure_at,
-                         last_braze_status=outcome.status, event_id=push.event_id)
+        why = DeadLetter(
+            _reason(outcome),
+            attempts=1,
+            first_failure_at=pending.first_failure_at,
+            last_braze_status=outcome.status,
+            event_id=push.event_id,
+        )
         try:
             deps.queues.dead_letter(pending.to_json(), why)
         except Exception as exc:
             return _unavailable("dead_letter_queue_unavailable", exc, log)
         count_by("EventsDeadLettered", "reason", "braze_rejected")
-        logger.error("event dead-lettered: Braze rejected it", extra={**log, "reason": why.reason, "braze_status": outcome.status})
+        logger.error(
+            "event dead-lettered: Braze rejected it", extra={**log, "reason": why.reason, "braze_status": outcome.status}
+        )
         return Answer(200, {"status": "dead_lettered", "reason": why.reason})
 
     if outcome.refresh_credentials:
@@ -111,8 +118,10 @@ def _deliver(push: Push, event_type: str, config, deps: Dependencies) -> Answer:
     except Exception as exc:
         return _unavailable("retry_queue_unavailable", exc, log)
     count("EventsQueued")
-    logger.warning("Braze call failed; event queued for retry",
-                   extra={**log, "reason": pending.first_failure_reason, "braze_status": outcome.status, "retry_in_seconds": delay})
+    logger.warning(
+        "Braze call failed; event queued for retry",
+        extra={**log, "reason": pending.first_failure_reason, "braze_status": outcome.status, "retry_in_seconds": delay},
+    )
     return Answer(202, {"status": "queued", "reason": pending.first_failure_reason, "retry_in_seconds": delay})
 
 
@@ -157,7 +166,9 @@ def _decode(request: WebhookRequest) -> object:
     except UnicodeDecodeError:
         raise InvalidWebhook("the body is not UTF-8 text") from None
     except ValueError as exc:
-        raise InvalidWebhook(f"the body is not valid JSON: {getattr(exc, 'msg', 'cannot parse')} at line {getattr(exc, 'lineno', '?')}") from None
+        raise InvalidWebhook(
+            f"the body is not valid JSON: {getattr(exc, 'msg', 'cannot parse')} at line {getattr(exc, 'lineno', '?')}"
+        ) from None
     except RecursionError:
         raise InvalidWebhook("the body is nested too deeply") from None
 
@@ -172,4 +183,3 @@ def _reason(outcome: BrazeOutcome) -> str:
     if outcome.item_errors:
         return "braze rejected the object: " + "; ".join(sorted(set(outcome.item_errors.values())))
     return outcome.reason
-

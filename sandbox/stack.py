@@ -1,0 +1,171 @@
+"""The whole product on loopback: moto server (SQS, Secrets Manager) provisioned from template.yaml, the Braze
+emulator, WebhookFunction behind an HTTP gateway, and RetryFunction fed by a queue poller. One process,
+daemon threads only: nothing is left running when it stops."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets as token_source
+from pathlib import Path
+
+import boto3
+from moto.server import ThreadedMotoServer
+
+from .braze_emulator import BrazeEmulator
+from .lambda_runtime import RetryQueuePoller, WebhookGateway
+from .template import ROOT, Stack, provision
+
+REGION = "eu-central-1"
+DEMO_USERS = ("external_id:customer-42", "external_id:customer-7", "external_id:customer-9")
+CONNECTOR_EXAMPLE = ROOT / "events" / "connector.json"
+SAMPLE_WEBHOOK_TOKEN = "local-webhook-token"  # noqa: S105 (the local-only token the events/ files carry)
+
+
+class LocalStack:
+    def __init__(
+        self,
+        retry_delays: str | None = None,
+        connector_path: Path = CONNECTOR_EXAMPLE,
+        webhook_token: str = SAMPLE_WEBHOOK_TOKEN,
+        webhook_port: int = 0,
+        with_gateway: bool = True,
+        with_poller: bool = True,
+    ):
+        self.retry_delays = retry_delays
+        self.connector_path = connector_path
+        self.webhook_token = webhook_token
+        self.webhook_port = webhook_port
+        self.with_gateway, self.with_poller = with_gateway, with_poller
+        self.moto: ThreadedMotoServer | None = None
+        self.braze: BrazeEmulator | None = None
+        self.gateway: WebhookGateway | None = None
+        self.poller: RetryQueuePoller | None = None
+        self.stack: Stack | None = None
+        self._saved_env: dict[str, str | None] = {}
+
+    def start(self) -> LocalStack:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto server's per-request access log
+        self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.moto.start()
+        host, port = self.moto.get_host_and_port()
+        self._set_env(
+            {
+                "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+                "AWS_ACCESS_KEY_ID": "local",
+                "AWS_SECRET_ACCESS_KEY": "local",
+                "AWS_DEFAULT_REGION": REGION,
+                "AWS_REGION": REGION,
+            }
+        )
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            self._set_env({name: None})
+
+        document = json.loads(self.connector_path.read_text())
+        api_key = document.get("authentication", {}).get("api_key") or token_source.token_hex(16)
+        self.braze = BrazeEmulator(api_key=api_key, known_users=DEMO_USERS).start()
+        document.setdefault("authentication", {})["server"] = self.braze.url
+        document["authentication"]["api_key"] = api_key
+
+        self.sqs = boto3.client("sqs", region_name=REGION)
+        secretsmanager = boto3.client("secretsmanager", region_name=REGION)
+        self.stack = provision(
+            self.sqs, secretsmanager, webhook_token=self.webhook_token, connector_document=json.dumps(document), region=REGION
+        )
+        webhook = self.stack.function("WebhookFunction")
+        retry = self.stack.function("RetryFunction")
+        env = {**retry.environment, **webhook.environment, "BRAZE_ALLOW_LOOPBACK": "true"}
+        if self.retry_delays:
+            env["RETRY_DELAYS_SECONDS"] = self.retry_delays
+        self._set_env(env)
+        self._fresh_container()
+
+        if self.with_gateway:
+            self.gateway = WebhookGateway(webhook, port=self.webhook_port).start()
+        if self.with_poller:
+            self.poller = RetryQueuePoller(self.sqs, self.retry_queue_url, retry, REGION).start()
+
+    @property
+    def moto_url(self) -> str:
+        host, port = self.moto.get_host_and_port()
+        return f"http://{host}:{port}"
+
+    @property
+    def retry_queue_url(self) -> str:
+        return self.stack.queue_urls["RetryQueue"]
+
+    @property
+    def dead_letter_queue_url(self) -> str:
+        return self.stack.queue_urls["DeadLetterQueue"]
+
+    def queue_depth(self, url: str) -> int:
+        attrs = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        return sum(
+            int(attrs.get(name, 0))
+            for name in (
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            )
+        )
+
+    def dead_letters(self) -> list[dict]:
+        """Peek at the dead-letter queue: bodies and reason attributes (messages stay where they are)."""
+        found: dict[str, dict] = {}
+        for _ in range(5):
+            got = self.sqs.receive_message(
+                QueueUrl=self.dead_letter_queue_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=0
+            ).get("Messages", [])
+            for m in got:
+                found[m["MessageId"]] = {
+                    "body": m["Body"],
+                    **{k: v["StringValue"] for k, v in m.get("MessageAttributes", {}).items()},
+                }
+        return list(found.values())
+
+    def stop(self) -> None:
+        for part in (self.poller, self.gateway, self.braze):
+            if part is not None:
+                part.stop()
+        if self.moto is not None:
+            self.moto.stop()
+        self._fresh_container()
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env.clear()
+        self.poller = self.gateway = self.braze = self.moto = None
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _set_env(self, values: dict[str, str | None]) -> None:
+        for name, value in values.items():
+            self._saved_env.setdefault(name, os.environ.get(name))
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    @staticmethod
+    def _fresh_container() -> None:
+        """Functions cache their dependencies per container: start (and end) like a new one."""
+        import sys
+
+        runtime = sys.modules.get("didomi_braze.runtime")
+        if runtime is not None:
+            runtime.dependencies.cache_clear()
