@@ -4,10 +4,9 @@ VENV := .venv
 SAM_VENV := .venv-sam
 PY := $(VENV)/bin/python
 export PYTHONPATH := functions:.
-export AWS_DEFAULT_REGION ?= eu-central-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: test lint unit demo serve invoke validate-config preview clean
+.PHONY: test lint unit demo serve invoke validate-config preview put-config clean
 
 $(VENV)/.installed: requirements.txt functions/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +27,7 @@ lint: $(VENV)/.installed $(SAM_VENV)/.installed
 	$(VENV)/bin/ruff check functions sandbox tests
 	$(VENV)/bin/ruff format --check functions sandbox tests
 	$(VENV)/bin/cfn-lint template.yaml
-	$(SAM_VENV)/bin/sam validate --lint --template template.yaml
+	$(SAM_VENV)/bin/sam validate --lint --template template.yaml --region eu-central-1
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit
@@ -52,6 +51,10 @@ validate-config: $(VENV)/.installed
 ## make preview FILE=connector.json EVENT=events/webhook-user-updated.json
 preview: $(VENV)/.installed
 	$(PY) -m sandbox preview $(FILE) --event $(EVENT)
+
+## make put-config FILE=connector.json SECRET_ID=<ConnectorSecretArn output> (uses your AWS credentials)
+put-config: $(VENV)/.installed
+	$(PY) -m sandbox put-config $(FILE) --secret-id $(SECRET_ID)
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .ruff_cache .hypothesis

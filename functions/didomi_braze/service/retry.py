@@ -35,6 +35,7 @@ class _Batch:
         self.records = {r.message_id: r for r in records}
         self.pending: dict[str, PendingUpdate] = {}
         self.failures: list[str] = []
+        self.counts = {"DeliveredAfterRetry": 0, "RetriesScheduled": 0}  # emitted once per batch
 
     def settle(self, items: list[UserBatchItem], outcome: BrazeOutcome) -> None:
         for index, item in enumerate(items):
@@ -51,7 +52,7 @@ class _Batch:
                     self.retry_later(message_id, outcome)
 
     def delivered(self, message_id: str) -> None:
-        count("DeliveredAfterRetry")
+        self.counts["DeliveredAfterRetry"] += 1
         logger.info("event delivered after retry", extra=self._log(message_id))
 
     def retry_later(self, message_id: str, outcome: BrazeOutcome) -> None:
@@ -69,7 +70,7 @@ class _Batch:
                 "could not postpone a retry; it returns after the queue's visibility timeout",
                 extra={**self._log(message_id), "problem": str(exc)},
             )
-        count("RetriesScheduled")
+        self.counts["RetriesScheduled"] += 1
         logger.warning(
             "retry failed; next retry scheduled",
             extra={**self._log(message_id), "reason": outcome.reason, "braze_status": outcome.status, "retry_in_seconds": delay},
@@ -111,13 +112,23 @@ class _Batch:
 def retry_batch(records: list[RetryRecord], deps: Dependencies) -> list[str]:
     """Retry a batch; returns the message ids to report as batch item failures."""
     batch = _Batch(records, deps)
-    for record in records:
+    try:
+        _retry(batch, deps)
+    finally:
+        for name, value in batch.counts.items():
+            if value:
+                count(name, value)
+    return batch.failures
+
+
+def _retry(batch: _Batch, deps: Dependencies) -> None:
+    for record in batch.records.values():
         try:
             batch.pending[record.message_id] = PendingUpdate.from_json(record.body)
         except MalformedRetryMessage as exc:
             batch.park(record.message_id, str(exc), "malformed_message")
     if not batch.pending:
-        return batch.failures
+        return
     count("RetryAttempts", len(batch.pending))
 
     items = collapse(list(batch.pending.items()))
@@ -125,7 +136,7 @@ def retry_batch(records: list[RetryRecord], deps: Dependencies) -> list[str]:
         config = deps.connector()
     except ConfigurationError as exc:
         batch.settle(items, BrazeOutcome(RETRYABLE, f"connector configuration invalid: {exc}"))
-        return batch.failures
+        return
 
     refreshed = False
     for chunk in chunks(items, deps.objects_per_request):
@@ -142,7 +153,6 @@ def retry_batch(records: list[RetryRecord], deps: Dependencies) -> list[str]:
                 deps.connector(force=True)
             except ConfigurationError as exc:
                 logger.error("connector secret unreadable while refreshing after 401/403", extra={"problem": str(exc)})
-    return batch.failures
 
 
 def _track(deps: Dependencies, config, items: list[UserBatchItem]) -> BrazeOutcome:
