@@ -65,6 +65,7 @@ class Stack:
     account: str = "123456789012"
     queue_urls: dict[str, str] = field(default_factory=dict)
     secret_arns: dict[str, str] = field(default_factory=dict)
+    table_names: dict[str, str] = field(default_factory=dict)
 
     def resolve(self, value: Any) -> Any:
         if isinstance(value, list):
@@ -137,9 +138,13 @@ class Stack:
             return self.queue_urls[name]
         if name in self.secret_arns:
             return self.secret_arns[name]
+        if name in self.table_names:
+            return self.table_names[name]
         return name  # a resource the local stack does not create: its logical id stands in
 
     def _get_att(self, resource: str, attribute: str) -> str:
+        if resource in self.table_names and attribute == "Arn":
+            return f"arn:aws:dynamodb:{self.region}:{self.account}:table/{self.table_names[resource]}"
         if resource in self.queue_urls:
             queue_name = self.queue_urls[resource].rsplit("/", 1)[-1]
             if attribute == "Arn":
@@ -159,6 +164,7 @@ class Stack:
 def provision(
     sqs,
     secretsmanager,
+    dynamodb,
     *,
     webhook_token: str,
     connector_document: str,
@@ -167,7 +173,7 @@ def provision(
     prefix: str = "",
     template_path: Path = TEMPLATE,
 ) -> Stack:
-    """Create the template's queues and secrets with boto3 clients (pointed at moto) and return the stack."""
+    """Create the template's queues, table and secrets with boto3 clients (pointed at moto); return the stack."""
     template = load_template(template_path)
     params = {name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()}
     params.update(parameters or {})
@@ -194,6 +200,15 @@ def provision(
         }
         if attributes:
             sqs.set_queue_attributes(QueueUrl=stack.queue_urls[logical_id], Attributes=attributes)
+
+    for logical_id, resource in stack.resources("AWS::DynamoDB::Table").items():
+        props = stack.resolve(resource["Properties"])
+        name = f"{prefix}{logical_id}"
+        dynamodb.create_table(TableName=name, KeySchema=props["KeySchema"], AttributeDefinitions=props["AttributeDefinitions"],
+                              BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"))
+        if "TimeToLiveSpecification" in props:
+            dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=props["TimeToLiveSpecification"])
+        stack.table_names[logical_id] = name
 
     for logical_id, resource in stack.resources("AWS::SecretsManager::Secret").items():
         props = resource.get("Properties", {})

@@ -21,6 +21,7 @@ def dependencies() -> Dependencies:
     from .adapters.braze_client import BrazeClient
     from .adapters.queues import Queues
     from .adapters.secrets import ConnectorSource, SecretStore
+    from .adapters.state_table import StateTable
 
     env = _Environment()
     aws = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
@@ -34,6 +35,7 @@ def dependencies() -> Dependencies:
             read_timeout=env.number("BRAZE_READ_TIMEOUT_SECONDS", 5.0),
         ),
         queues=Queues(boto3.client("sqs", config=aws), env.required("RETRY_QUEUE_URL"), env.required("DEAD_LETTER_QUEUE_URL")),
+        state=StateTable(boto3.client("dynamodb", config=aws), env.required("STATE_TABLE_NAME")),
         schedule=RetrySchedule.parse(os.environ.get("RETRY_DELAYS_SECONDS")),
         objects_per_request=env.objects_per_request(),
     )

@@ -24,6 +24,7 @@ KNOWN_USERS = ("external_id:customer-42", "external_id:customer-7", "external_id
 class LocalAws:
     sqs: object
     secrets: object
+    dynamodb: object
     stack: Stack
 
     @property
@@ -62,19 +63,20 @@ def braze():
 
 @pytest.fixture
 def aws(monkeypatch, braze):
-    """moto AWS with the template's queues and secrets; the environment of the template's functions."""
+    """moto AWS with the template's queues, table and secrets; the environment of the template's functions."""
     with mock_aws():
         sqs = boto3.client("sqs", region_name=REGION)
         secrets = boto3.client("secretsmanager", region_name=REGION)
+        dynamodb = boto3.client("dynamodb", region_name=REGION)
         stack = provision(
-            sqs, secrets, webhook_token=WEBHOOK_TOKEN, connector_document=json.dumps(connector_document(braze.url)), region=REGION
+            sqs, secrets, dynamodb, webhook_token=WEBHOOK_TOKEN, connector_document=json.dumps(connector_document(braze.url)), region=REGION
         )
         for name, value in stack.function("WebhookFunction").environment.items():
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("BRAZE_ALLOW_LOOPBACK", "true")
         monkeypatch.setenv("BRAZE_READ_TIMEOUT_SECONDS", "0.5")  # below the emulator's 1 s hang
         _fresh_container()
-        yield LocalAws(sqs, secrets, stack)
+        yield LocalAws(sqs, secrets, dynamodb, stack)
         _fresh_container()
 
 

@@ -66,10 +66,10 @@ def test_each_sample_event_sends_braze_exactly_the_prescribed_update(aws, braze,
 
 
 def test_the_user_state_in_braze_follows_the_events(aws, braze):
-    call_webhook(http_event("event-created"))
-    assert braze.state("external_id:customer-42").email_subscribe == "opted_in"
-    call_webhook(http_event("user-updated"))
+    call_webhook(http_event("user-updated"))  # 2026-05-02: newsletter withdrawn
     assert braze.state("external_id:customer-42").email_subscribe == "unsubscribed"
+    call_webhook(http_event("event-created"))  # 2026-05-04: opts in again, and to sales offers
+    assert braze.state("external_id:customer-42").email_subscribe == "opted_in"
     assert braze.state("external_id:customer-42").subscription_groups == {SALES: "subscribed"}
 
 
@@ -239,7 +239,7 @@ def test_a_401_refreshes_the_cached_key_so_a_rotated_key_is_used_on_the_next_cal
     braze.api_key = "rotated-key"
     aws.put_connector(connector_document(braze.url) | {"authentication": {"api_key": "rotated-key", "server": braze.url}})
 
-    assert call_webhook(http_event("user-updated"))[0] == 202  # the old key is refused: queued, cache dropped
+    assert call_webhook(http_event("user-created"))[0] == 202  # the old key is refused: queued, cache dropped
     assert call_webhook(http_event("event-updated"))[0] == 200  # well within the cache TTL: the new key is used
     assert braze.track_requests()[-1].headers["authorization"] == "Bearer rotated-key"
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from .errors import ConfigurationError, MalformedRetryMessage
 from .mapping import BrazeIdentity, BrazeUpdate
+from .ordering import fields_of, position
 
 DEFAULT_DELAYS = "30,45,60,75,90"
 MIN_RETRIES = 5  # Didomi's promise: at least five retries within five minutes
@@ -73,6 +74,10 @@ class PendingUpdate:
     first_failure_at: str  # ISO 8601 UTC
     first_failure_reason: str
 
+    @property
+    def position(self) -> str:
+        return position(self.order_key, self.event_id)
+
     def to_json(self) -> str:
         return json.dumps(
             {
@@ -119,6 +124,12 @@ class UserBatchItem:
     identity: BrazeIdentity
     update: BrazeUpdate
     message_ids: tuple[str, ...]
+    field_positions: dict[str, str]  # field -> position of the message whose value the update carries
+    message_positions: dict[str, str]  # message id -> position of its event
+
+    @property
+    def newest_position(self) -> str:
+        return max(self.message_positions.values())
 
 
 def collapse(messages: Sequence[tuple[str, PendingUpdate]]) -> list[UserBatchItem]:
@@ -131,11 +142,21 @@ def collapse(messages: Sequence[tuple[str, PendingUpdate]]) -> list[UserBatchIte
         by_user.setdefault(pending.identity.key, []).append((message_id, pending))
     items = []
     for group in by_user.values():
-        group.sort(key=lambda pair: pair[1].order_key)
+        group.sort(key=lambda pair: pair[1].position)
         merged = BrazeUpdate()
+        field_positions: dict[str, str] = {}
         for _, pending in group:
             merged = merged.overlaid_by(pending.update)
-        items.append(UserBatchItem(group[0][1].identity, merged, tuple(mid for mid, _ in group)))
+            field_positions.update(dict.fromkeys(fields_of(pending.update), pending.position))
+        items.append(
+            UserBatchItem(
+                identity=group[0][1].identity,
+                update=merged,
+                message_ids=tuple(mid for mid, _ in group),
+                field_positions=field_positions,
+                message_positions={mid: pending.position for mid, pending in group},
+            )
+        )
     return items
 
 

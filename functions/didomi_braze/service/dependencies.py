@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from ..adapters.braze_client import BrazeClient
 from ..adapters.queues import Queues
 from ..adapters.secrets import ConnectorSource, SecretStore
+from ..adapters.state_table import StateTable
 from ..domain.connector import ConnectorConfig
 from ..domain.errors import ConfigurationError
 from ..domain.retry import RetrySchedule
@@ -22,6 +23,7 @@ class Dependencies:
     webhook_secret_id: str
     braze: BrazeClient
     queues: Queues
+    state: StateTable
     schedule: RetrySchedule
     objects_per_request: int
     clock: Callable[[], float] = field(default=lambda: time.time())  # looked up per call: tests move the clock

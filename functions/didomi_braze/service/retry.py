@@ -1,21 +1,29 @@
 """One batch from the retry queue: as few Braze calls as the data allows, each message settled on its own.
 
-A message is either delivered (left out of the failures, so Lambda deletes it), parked on the dead-letter
-queue with its reason (then also deleted), or postponed to the next delay of the schedule and reported as a
-failure so that SQS delivers it again. A message whose fate cannot be recorded is reported as a failure:
-it comes back, it is never dropped.
+A message is either delivered (left out of the failures, so Lambda deletes it), skipped as superseded (a newer
+value reached Braze meanwhile; also deleted), parked on the dead-letter queue with its reason (then deleted), or
+postponed to the next delay of the schedule and reported as a failure so that SQS delivers it again. A message
+whose fate cannot be recorded is reported as a failure: it comes back, it is never dropped.
+
+Before every retry the user's lease is taken and each field is checked against the newest value Braze was given,
+exactly as on the webhook path: a retried opt-in never overwrites a later opt-out.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 
 from ..adapters.queues import DeadLetter
+from ..adapters.state_table import Busy, StateTableUnavailable, user_key
 from ..domain.braze import DELIVERED, PERMANENT, RETRYABLE, BrazeOutcome, attributes_object
 from ..domain.errors import ConfigurationError, MalformedRetryMessage
+from ..domain.ordering import judge
 from ..domain.retry import PendingUpdate, UserBatchItem, chunks, collapse
 from ..observability import count, count_by, logger
 from .dependencies import Dependencies
+
+WORKER_LEASE_SECONDS = 120  # twice the worker's timeout
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,16 @@ class RetryRecord:
     receive_count: int
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """A user item whose lease this batch holds, with what may be sent and the positions it carries."""
+
+    item: UserBatchItem
+    key: str
+    owner: str
+    commit: dict[str, str]
+
+
 class _Batch:
     def __init__(self, records: list[RetryRecord], deps: Dependencies):
         self.deps = deps
@@ -37,31 +55,32 @@ class _Batch:
         self.failures: list[str] = []
         self.counts = {"DeliveredAfterRetry": 0, "RetriesScheduled": 0}  # emitted once per batch
 
-    def settle(self, items: list[UserBatchItem], outcome: BrazeOutcome) -> None:
-        for index, item in enumerate(items):
-            for message_id in item.message_ids:
-                if outcome.kind == DELIVERED and outcome.item_error(index) is None:
-                    self.delivered(message_id)
-                elif outcome.kind == DELIVERED:
-                    self.park(
-                        message_id, f"braze rejected the object: {outcome.item_error(index)}", "braze_rejected", outcome.status
-                    )
-                elif outcome.kind == PERMANENT:
-                    self.park(message_id, outcome.reason, "braze_rejected", outcome.status)
-                else:
-                    self.retry_later(message_id, outcome)
+    def settle(self, item: UserBatchItem, outcome: BrazeOutcome, item_error: str | None = None) -> list[str]:
+        """Settle every message of one user item; returns the ids that left the retry queue for good."""
+        gone = []
+        for message_id in item.message_ids:
+            if outcome.kind == DELIVERED and item_error is None:
+                self.delivered(message_id)
+                gone.append(message_id)
+            elif outcome.kind == DELIVERED or outcome.kind == PERMANENT:
+                reason = f"braze rejected the object: {item_error}" if item_error else outcome.reason
+                if self.park(message_id, reason, "braze_rejected", outcome.status):
+                    gone.append(message_id)
+            elif self.retry_later(message_id, outcome):
+                gone.append(message_id)
+        return gone
 
     def delivered(self, message_id: str) -> None:
         self.counts["DeliveredAfterRetry"] += 1
         logger.info("event delivered after retry", extra=self._log(message_id))
 
-    def retry_later(self, message_id: str, outcome: BrazeOutcome) -> None:
+    def retry_later(self, message_id: str, outcome: BrazeOutcome) -> bool:
+        """Postpone to the next delay; park when the schedule is spent. True when the message was parked."""
         record = self.records[message_id]
         delay = self.deps.schedule.delay_after(record.receive_count, self.now, outcome.retry_at)
         if delay is None:
             reason = f"retries exhausted after {record.receive_count} retries; last: {outcome.reason}"
-            self.park(message_id, reason, "retries_exhausted", outcome.status)
-            return
+            return self.park(message_id, reason, "retries_exhausted", outcome.status)
         try:
             self.deps.queues.postpone(record.receipt_handle, delay)
         except Exception as exc:
@@ -76,8 +95,9 @@ class _Batch:
             extra={**self._log(message_id), "reason": outcome.reason, "braze_status": outcome.status, "retry_in_seconds": delay},
         )
         self.failures.append(message_id)
+        return False
 
-    def park(self, message_id: str, reason: str, category: str, status: int | None = None) -> None:
+    def park(self, message_id: str, reason: str, category: str, status: int | None = None) -> bool:
         record = self.records[message_id]
         pending = self.pending.get(message_id)
         why = DeadLetter(
@@ -95,9 +115,34 @@ class _Batch:
                 extra={**self._log(message_id), "problem": str(exc)},
             )
             self.failures.append(message_id)
-            return
+            return False
         count_by("EventsDeadLettered", "reason", category)
         logger.error("event dead-lettered", extra={**self._log(message_id), "reason": reason, "braze_status": status})
+        return True
+
+    def superseded(self, item: UserBatchItem) -> None:
+        count_by("EventsSkipped", "reason", "superseded", len(item.message_ids))
+        for message_id in item.message_ids:
+            logger.info(
+                "retry skipped: Braze already has a newer value for every field",
+                extra={**self._log(message_id), "reason": "superseded"},
+            )
+
+    def finish(self, claim: _Claim, delivered: bool, gone: list[str]) -> None:
+        """Record what Braze now has and which events no longer wait, and give the user's lease back."""
+        try:
+            kept = self.deps.state.finish(
+                claim.key,
+                claim.owner,
+                self.deps.clock(),
+                commit=claim.commit if delivered else None,
+                remove_pending=[claim.item.message_positions[m] for m in gone],
+            )
+        except StateTableUnavailable as exc:
+            logger.error("could not record the outcome in the state table; the lease will run out", extra={"problem": str(exc)})
+            return
+        if not kept:
+            logger.error("the user's lease ran out before the retry was recorded", extra={"lease_seconds": WORKER_LEASE_SECONDS})
 
     def _log(self, message_id: str) -> dict:
         out: dict = {"message_id": message_id, "attempt": self.records[message_id].receive_count}
@@ -135,18 +180,21 @@ def _retry(batch: _Batch, deps: Dependencies) -> None:
     try:
         config = deps.connector()
     except ConfigurationError as exc:
-        batch.settle(items, BrazeOutcome(RETRYABLE, f"connector configuration invalid: {exc}"))
+        for item in items:
+            batch.settle(item, BrazeOutcome(RETRYABLE, f"connector configuration invalid: {exc}"))
         return
 
+    claims = [claim for item in items if (claim := _claim(batch, item)) is not None]
     refreshed = False
-    for chunk in chunks(items, deps.objects_per_request):
+    for chunk in chunks(claims, deps.objects_per_request):
         outcome = _track(deps, config, chunk)
         if outcome.kind == PERMANENT and len(chunk) > 1:
             # Braze refused the request as a whole: send each object alone so one bad object parks only itself.
-            for item in chunk:
-                batch.settle([item], _track(deps, config, [item]))
+            for claim in chunk:
+                _settle(batch, claim, _track(deps, config, [claim]))
             continue
-        batch.settle(chunk, outcome)
+        for index, claim in enumerate(chunk):
+            _settle(batch, claim, outcome, outcome.item_error(index))
         if outcome.refresh_credentials and not refreshed:
             refreshed = True
             try:
@@ -155,7 +203,33 @@ def _retry(batch: _Batch, deps: Dependencies) -> None:
                 logger.error("connector secret unreadable while refreshing after 401/403", extra={"problem": str(exc)})
 
 
-def _track(deps: Dependencies, config, items: list[UserBatchItem]) -> BrazeOutcome:
+def _claim(batch: _Batch, item: UserBatchItem) -> _Claim | None:
+    """Take the user's lease and keep only the fields Braze has no newer value for. None: settled already."""
+    deps = batch.deps
+    key, owner = user_key(item.identity.key), uuid.uuid4().hex
+    try:
+        state = deps.state.acquire(key, owner, item.newest_position, batch.now, WORKER_LEASE_SECONDS)
+    except StateTableUnavailable as exc:
+        batch.settle(item, BrazeOutcome(RETRYABLE, f"state table unavailable: {exc}"))
+        return None
+    if isinstance(state, Busy):
+        batch.settle(item, BrazeOutcome(RETRYABLE, "another update for this user is being delivered"))
+        return None
+    verdict = judge(item.update, item.field_positions, state.positions, retry=True)
+    claim = _Claim(replace(item, update=verdict.send), key, owner, verdict.positions)
+    if verdict.is_skip:
+        batch.superseded(item)
+        batch.finish(claim, delivered=False, gone=list(item.message_ids))
+        return None
+    return claim
+
+
+def _settle(batch: _Batch, claim: _Claim, outcome: BrazeOutcome, item_error: str | None = None) -> None:
+    gone = batch.settle(claim.item, outcome, item_error)
+    batch.finish(claim, delivered=outcome.kind == DELIVERED and item_error is None, gone=gone)
+
+
+def _track(deps: Dependencies, config, claims: list[_Claim]) -> BrazeOutcome:
     count("BrazeRequests")
-    objects = [attributes_object(item.identity, item.update, config.upsert_mode) for item in items]
+    objects = [attributes_object(c.item.identity, c.item.update, config.upsert_mode) for c in claims]
     return deps.braze.track(config.server, config.api_key, objects)

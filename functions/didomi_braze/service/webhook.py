@@ -10,19 +10,24 @@ import base64
 import binascii
 import hmac
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..adapters.queues import DeadLetter
-from ..domain.braze import DELIVERED, PERMANENT, BrazeOutcome, attributes_object
+from ..adapters.state_table import Busy, StateTableUnavailable, user_key
+from ..domain.braze import DELIVERED, PERMANENT, RETRYABLE, BrazeOutcome, attributes_object
+from ..domain.connector import ConnectorConfig
 from ..domain.didomi import parse_webhook
 from ..domain.errors import ConfigurationError, InvalidWebhook
-from ..domain.mapping import Push, Skip, plan
+from ..domain.mapping import BrazeUpdate, Push, Skip, plan
+from ..domain.ordering import DUPLICATE, Verdict, fields_of, judge, position
 from ..domain.retry import PendingUpdate, iso_utc
 from ..observability import count, count_by, logger
 from .dependencies import Dependencies
 
 MAX_BODY_BYTES = 256 * 1024
+WEBHOOK_LEASE_SECONDS = 30  # twice the function's timeout: the lease outlives any invocation holding it
 
 
 @dataclass(frozen=True)
@@ -68,33 +73,55 @@ def receive_webhook(request: WebhookRequest, load_dependencies: Callable[[], Dep
 
     decision = plan(webhook, config)
     if isinstance(decision, Skip):
-        count_by("EventsSkipped", "reason", decision.reason)
-        logger.info("event skipped", extra={"event_type": webhook.type, "reason": decision.reason, "detail": decision.detail})
-        return Answer(200, {"status": "skipped", "reason": decision.reason, "detail": decision.detail})
-    return _deliver(decision, webhook.type, config, deps)
+        return _skip(webhook.type, decision.reason, decision.detail)
+    return _apply(decision, webhook.type, config, deps)
 
 
-def _deliver(push: Push, event_type: str, config, deps: Dependencies) -> Answer:
-    log = {"event_type": event_type, "user_ref": deps.user_ref(push.identity.key), "update": push.update.to_dict()}
-    outcome = deps.braze.track(config.server, config.api_key, [attributes_object(push.identity, push.update, config.upsert_mode)])
+def _apply(push: Push, event_type: str, config: ConnectorConfig, deps: Dependencies) -> Answer:
+    """Send the update while holding the user's lease, so that one user's updates reach Braze one at a time,
+    and only the fields for which Braze does not already have a newer value."""
+    log = {"event_type": event_type, "user_ref": deps.user_ref(push.identity.key)}
+    key, owner, pos = user_key(push.identity.key), uuid.uuid4().hex, position(push.order_key, push.event_id)
+    try:
+        state = deps.state.acquire(key, owner, pos, deps.clock(), WEBHOOK_LEASE_SECONDS)
+    except StateTableUnavailable as exc:
+        return _unavailable("state_table_unavailable", exc, log)
+    if isinstance(state, Busy):
+        if state.lease_position == pos:
+            return _skip(event_type, DUPLICATE, "the same event is being delivered right now by another invocation")
+        # Never race another invocation to Braze for the same user: the retry worker takes it from here.
+        busy = BrazeOutcome(RETRYABLE, "another update for this user is being delivered")
+        return _queue(_pending(push, push.update, event_type, busy, deps), busy, deps, log, lease=None)
+
+    lease = (key, owner)
+    verdict = judge(push.update, dict.fromkeys(fields_of(push.update), pos), state.positions, retry=False)
+    if pos in state.pending:
+        verdict = Verdict(verdict.send, {}, DUPLICATE)
+    if verdict.is_skip:
+        _finish(deps, lease)
+        detail = (
+            "this event was already delivered or is queued for retry"
+            if verdict.skip_reason == DUPLICATE
+            else "Braze already has a newer value for every field this event sets"
+        )
+        return _skip(event_type, verdict.skip_reason, detail)
+    if verdict.dropped:
+        logger.info("fields superseded by newer events are not sent", extra={**log, "fields": list(verdict.dropped)})
+
+    log["update"] = verdict.send.to_dict()
+    outcome = deps.braze.track(
+        config.server, config.api_key, [attributes_object(push.identity, verdict.send, config.upsert_mode)]
+    )
     if outcome.kind == DELIVERED and not outcome.item_errors:
+        _finish(deps, lease, commit=verdict.positions)
         count("EventsDelivered")
         logger.info("event delivered to Braze", extra=log)
         return Answer(200, {"status": "delivered"})
 
-    now = deps.clock()
-    pending = PendingUpdate(
-        event_id=push.event_id,
-        event_type=event_type,
-        identity=push.identity,
-        update=push.update,
-        order_key=push.order_key,
-        first_failure_at=iso_utc(now),
-        first_failure_reason=_reason(outcome),
-    )
+    pending = _pending(push, verdict.send, event_type, outcome, deps)
     if outcome.kind == PERMANENT or outcome.item_errors:
         why = DeadLetter(
-            _reason(outcome),
+            pending.first_failure_reason,
             attempts=1,
             first_failure_at=pending.first_failure_at,
             last_braze_status=outcome.status,
@@ -103,7 +130,9 @@ def _deliver(push: Push, event_type: str, config, deps: Dependencies) -> Answer:
         try:
             deps.queues.dead_letter(pending.to_json(), why)
         except Exception as exc:
+            _finish(deps, lease)
             return _unavailable("dead_letter_queue_unavailable", exc, log)
+        _finish(deps, lease)
         count_by("EventsDeadLettered", "reason", "braze_rejected")
         logger.error(
             "event dead-lettered: Braze rejected it", extra={**log, "reason": why.reason, "braze_status": outcome.status}
@@ -112,17 +141,58 @@ def _deliver(push: Push, event_type: str, config, deps: Dependencies) -> Answer:
 
     if outcome.refresh_credentials:
         _refresh_connector(deps)
-    delay = deps.schedule.first_delay(now, outcome.retry_at)
+    return _queue(pending, outcome, deps, log, lease)
+
+
+def _pending(push: Push, update: BrazeUpdate, event_type: str, outcome: BrazeOutcome, deps: Dependencies) -> PendingUpdate:
+    return PendingUpdate(
+        event_id=push.event_id,
+        event_type=event_type,
+        identity=push.identity,
+        update=update,
+        order_key=push.order_key,
+        first_failure_at=iso_utc(deps.clock()),
+        first_failure_reason=_reason(outcome),
+    )
+
+
+def _queue(pending: PendingUpdate, outcome: BrazeOutcome, deps: Dependencies, log: dict, lease: tuple[str, str] | None) -> Answer:
+    delay = deps.schedule.first_delay(deps.clock(), outcome.retry_at)
     try:
         deps.queues.enqueue_retry(pending.to_json(), delay)
     except Exception as exc:
+        if lease:
+            _finish(deps, lease)
         return _unavailable("retry_queue_unavailable", exc, log)
+    if lease:
+        # Remembered as waiting, so that Didomi delivering it again is recognised as a duplicate.
+        _finish(deps, lease, add_pending=pending.position)
     count("EventsQueued")
     logger.warning(
-        "Braze call failed; event queued for retry",
+        "event queued for retry",
         extra={**log, "reason": pending.first_failure_reason, "braze_status": outcome.status, "retry_in_seconds": delay},
     )
     return Answer(202, {"status": "queued", "reason": pending.first_failure_reason, "retry_in_seconds": delay})
+
+
+def _finish(
+    deps: Dependencies, lease: tuple[str, str], commit: dict[str, str] | None = None, add_pending: str | None = None
+) -> None:
+    """Record the outcome and give the lease back. If that fails the lease simply runs out; the answer stands."""
+    key, owner = lease
+    try:
+        if not deps.state.finish(key, owner, deps.clock(), commit=commit, add_pending=add_pending):
+            logger.error(
+                "the user's lease ran out before the update was recorded", extra={"lease_seconds": WEBHOOK_LEASE_SECONDS}
+            )
+    except StateTableUnavailable as exc:
+        logger.error("could not record the outcome in the state table; the lease will run out", extra={"problem": str(exc)})
+
+
+def _skip(event_type: str, reason: str, detail: str) -> Answer:
+    count_by("EventsSkipped", "reason", reason)
+    logger.info("event skipped", extra={"event_type": event_type, "reason": reason, "detail": detail})
+    return Answer(200, {"status": "skipped", "reason": reason, "detail": detail})
 
 
 def _refresh_connector(deps: Dependencies) -> None:
