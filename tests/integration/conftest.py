@@ -1,9 +1,12 @@
 """Integration fixtures: AWS from moto (resources created from template.yaml), Braze from the emulator on
 127.0.0.1, and the functions' environment taken from the template, exactly as Lambda would get it."""
 
+import contextlib
 import io
 import json
+import os
 from dataclasses import dataclass
+from unittest import mock
 
 import boto3
 import pytest
@@ -61,23 +64,36 @@ def braze():
         yield emulator
 
 
-@pytest.fixture
-def aws(monkeypatch, braze):
-    """moto AWS with the template's queues, table and secrets; the environment of the template's functions."""
-    with mock_aws():
+@contextlib.contextmanager
+def local_aws(braze_url: str):
+    """moto AWS with the template's queues, table and secrets, and the environment of the template's functions
+    (restored afterwards). Usable once per hypothesis example as well as through the `aws` fixture."""
+    with mock_aws(), mock.patch.dict(os.environ):
         sqs = boto3.client("sqs", region_name=REGION)
         secrets = boto3.client("secretsmanager", region_name=REGION)
         dynamodb = boto3.client("dynamodb", region_name=REGION)
         stack = provision(
-            sqs, secrets, dynamodb, webhook_token=WEBHOOK_TOKEN, connector_document=json.dumps(connector_document(braze.url)), region=REGION
+            sqs,
+            secrets,
+            dynamodb,
+            webhook_token=WEBHOOK_TOKEN,
+            connector_document=json.dumps(connector_document(braze_url)),
+            region=REGION,
         )
-        for name, value in stack.function("WebhookFunction").environment.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("BRAZE_ALLOW_LOOPBACK", "true")
-        monkeypatch.setenv("BRAZE_READ_TIMEOUT_SECONDS", "0.5")  # below the emulator's 1 s hang
+        os.environ.update(stack.function("WebhookFunction").environment)
+        os.environ["BRAZE_ALLOW_LOOPBACK"] = "true"
+        os.environ["BRAZE_READ_TIMEOUT_SECONDS"] = "0.5"  # below the emulator's 1 s hang
         _fresh_container()
-        yield LocalAws(sqs, secrets, dynamodb, stack)
-        _fresh_container()
+        try:
+            yield LocalAws(sqs, secrets, dynamodb, stack)
+        finally:
+            _fresh_container()
+
+
+@pytest.fixture
+def aws(braze):
+    with local_aws(braze.url) as environment:
+        yield environment
 
 
 def _fresh_container():
