@@ -80,7 +80,12 @@ class LocalStack:
         secretsmanager = boto3.client("secretsmanager", region_name=REGION)
         self.dynamodb = boto3.client("dynamodb", region_name=REGION)
         self.stack = provision(
-            self.sqs, secretsmanager, self.dynamodb, webhook_token=self.webhook_token, connector_document=json.dumps(document), region=REGION
+            self.sqs,
+            secretsmanager,
+            self.dynamodb,
+            webhook_token=self.webhook_token,
+            connector_document=json.dumps(document),
+            region=REGION,
         )
         webhook = self.stack.function("WebhookFunction")
         retry = self.stack.function("RetryFunction")

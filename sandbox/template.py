@@ -204,8 +204,12 @@ def provision(
     for logical_id, resource in stack.resources("AWS::DynamoDB::Table").items():
         props = stack.resolve(resource["Properties"])
         name = f"{prefix}{logical_id}"
-        dynamodb.create_table(TableName=name, KeySchema=props["KeySchema"], AttributeDefinitions=props["AttributeDefinitions"],
-                              BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"))
+        dynamodb.create_table(
+            TableName=name,
+            KeySchema=props["KeySchema"],
+            AttributeDefinitions=props["AttributeDefinitions"],
+            BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"),
+        )
         if "TimeToLiveSpecification" in props:
             dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=props["TimeToLiveSpecification"])
         stack.table_names[logical_id] = name

@@ -11,9 +11,9 @@ from unittest import mock
 import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
-from didomi_braze import runtime
 from moto import mock_aws
 
+from didomi_braze import runtime
 from sandbox.braze_emulator import BrazeEmulator
 from sandbox.lambda_runtime import LambdaContext
 from sandbox.template import Stack, provision

@@ -1,7 +1,7 @@
 """The ordering and duplicate guard end to end: webhook, retry worker, DynamoDB (moto) and the Braze emulator."""
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from freezegun import freeze_time
@@ -10,7 +10,7 @@ from didomi_braze.adapters.state_table import StateTableUnavailable, user_key
 from tests.integration.conftest import call_webhook
 from tests.samples import http_event
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 USER = "customer-42"
 
 
@@ -148,7 +148,7 @@ def test_the_same_event_arriving_while_it_is_being_delivered_is_a_duplicate(aws,
         aws,
         USER,
         "first-delivery",
-        until=datetime.now(timezone.utc).timestamp() + 30,
+        until=datetime.now(UTC).timestamp() + 30,
         position=position(webhook.entity.order_key, webhook.event_id),
     )
 
@@ -161,7 +161,7 @@ def test_the_table_stores_no_user_id_in_clear(aws, braze):
     items = aws.dynamodb.scan(TableName=aws.stack.table_names["StateTable"])["Items"]
     assert [i["user_key"]["S"] for i in items] == [user_key(f"external_id:{USER}")]
     assert USER not in json.dumps(items)
-    assert int(items[0]["expires_at"]["N"]) > datetime.now(timezone.utc).timestamp() + 300 * 86400
+    assert int(items[0]["expires_at"]["N"]) > datetime.now(UTC).timestamp() + 300 * 86400
 
 
 @pytest.mark.parametrize("delivered_first", [True, False])

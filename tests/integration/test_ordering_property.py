@@ -3,7 +3,7 @@ retries, each user ends with the state of their newest event that was not dead-l
 
 import collections
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from freezegun import freeze_time
 from hypothesis import HealthCheck, given, settings
@@ -37,7 +37,7 @@ def test_each_user_ends_with_their_newest_event_that_was_not_dead_lettered(event
     with (
         BrazeEmulator(api_key=BRAZE_API_KEY, known_users=tuple(f"external_id:{u}" for u in USERS), hang_seconds=0.7) as braze,
         local_aws(braze.url) as aws,
-        freeze_time(datetime.now(timezone.utc)) as clock,
+        freeze_time(datetime.now(UTC)) as clock,
     ):
         worker = RetryQueuePoller(aws.sqs, aws.retry_queue, aws.stack.function("RetryFunction"), REGION, wait_seconds=0)
         braze.rate_limit_reset_in = 5

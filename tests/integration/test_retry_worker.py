@@ -8,10 +8,10 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-from didomi_braze.domain.mapping import BrazeIdentity, BrazeUpdate
-from didomi_braze.domain.retry import PendingUpdate
 from freezegun import freeze_time
 
+from didomi_braze.domain.mapping import BrazeIdentity, BrazeUpdate
+from didomi_braze.domain.retry import PendingUpdate
 from tests.integration.conftest import call_webhook, event_for
 from tests.samples import connector_document, http_event
 

@@ -7,8 +7,8 @@ import base64
 import json
 
 import pytest
-from didomi_braze import __version__
 
+from didomi_braze import __version__
 from tests.integration.conftest import call_webhook
 from tests.samples import BRAZE_API_KEY, WEBHOOK_TOKEN, connector_document, http_event
 

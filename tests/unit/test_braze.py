@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from didomi_braze.domain.braze import DELIVERED, PERMANENT, RETRYABLE, attributes_object, classify_response, track_body
 from didomi_braze.domain.mapping import BrazeIdentity, BrazeUpdate
 

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+
 from didomi_braze.domain.connector import parse_connector_document
 from didomi_braze.domain.errors import ConfigurationError
-
 from tests.samples import connector_document
 
 SECRET_KEY = "braze-key-3c7f1d9e-should-never-be-printed"

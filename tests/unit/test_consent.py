@@ -1,6 +1,7 @@
 """Resolving mapping values against a Didomi consent state: every value form of DESIGN §3."""
 
 import pytest
+
 from didomi_braze.domain.consent import parse_consents
 from didomi_braze.domain.errors import InvalidWebhook
 

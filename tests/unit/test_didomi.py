@@ -1,9 +1,9 @@
 """Parsing Didomi webhook bodies: the six event types, regulations, and what a careless sender gets."""
 
 import pytest
+
 from didomi_braze.domain.didomi import parse_webhook
 from didomi_braze.domain.errors import InvalidWebhook
-
 from tests.samples import didomi_body
 
 SAMPLES = [

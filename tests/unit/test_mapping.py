@@ -4,11 +4,11 @@ import itertools
 import json
 
 import pytest
+
 from didomi_braze.domain.connector import parse_connector_document
 from didomi_braze.domain.consent import ConsentState
 from didomi_braze.domain.didomi import parse_webhook
 from didomi_braze.domain.mapping import BrazeUpdate, Push, Skip, plan, update_for
-
 from tests.samples import connector_document, didomi_body
 
 CONFIG = parse_connector_document(json.dumps(connector_document("EU-01")))

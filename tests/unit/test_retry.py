@@ -3,6 +3,7 @@
 import itertools
 
 import pytest
+
 from didomi_braze.domain.errors import ConfigurationError, MalformedRetryMessage
 from didomi_braze.domain.mapping import BrazeIdentity, BrazeUpdate
 from didomi_braze.domain.retry import PendingUpdate, RetrySchedule, chunks, collapse
