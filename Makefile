@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := functions:.
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: test lint unit demo serve invoke validate-config preview put-config clean
+.PHONY: test lint unit demo serve invoke validate-config preview put-config bench clean
 
 $(VENV)/.installed: requirements.txt functions/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,8 @@ test: lint
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed $(SAM_VENV)/.installed
-	$(VENV)/bin/ruff check functions sandbox tests
-	$(VENV)/bin/ruff format --check functions sandbox tests
+	$(VENV)/bin/ruff check functions sandbox tests benchmarks
+	$(VENV)/bin/ruff format --check functions sandbox tests benchmarks
 	$(VENV)/bin/cfn-lint template.yaml
 	$(SAM_VENV)/bin/sam validate --lint --template template.yaml --region eu-central-1
 
@@ -55,6 +55,10 @@ preview: $(VENV)/.installed
 ## make put-config FILE=connector.json SECRET_ID=<ConnectorSecretArn output> (uses your AWS credentials)
 put-config: $(VENV)/.installed
 	$(PY) -m sandbox put-config $(FILE) --secret-id $(SECRET_ID)
+
+## make bench: cold start, warm event, worker, memory and package size against same-run baselines (a few minutes)
+bench: $(VENV)/.installed $(SAM_VENV)/.installed
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .ruff_cache .hypothesis

@@ -1,31 +1,49 @@
-"""Builds the container's dependencies from the environment, once, on first use (not at import)."""
+"""Builds the container's dependencies from the environment, once per container.
+
+Handlers call `prepare()` at import, so that the SDK clients are created in Lambda's init phase (which runs with
+a full CPU) rather than in the first invocation. A configuration problem does not fail the init: it is raised
+again, with its message, by every call to `dependencies()`, and each request answers 503 naming it in the log.
+"""
 
 from __future__ import annotations
 
 import os
 from functools import lru_cache
 
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError
+
+from .adapters.braze_client import BrazeClient
+from .adapters.queues import Queues
+from .adapters.secrets import ConnectorSource, SecretStore
+from .adapters.state_table import StateTable
 from .domain.braze import DEFAULT_OBJECTS_PER_REQUEST, MAX_OBJECTS_PER_REQUEST
 from .domain.errors import ConfigurationError
-from .domain.retry import RetrySchedule
+from .domain.schedule import RetrySchedule
 from .service.dependencies import Dependencies
 
 SECRET_MAX_AGE_SECONDS = 300
 
 
-@lru_cache(maxsize=1)
+def prepare() -> None:
+    """Build the dependencies now if the environment allows; otherwise leave the error to the first request."""
+    try:
+        dependencies()
+    except ConfigurationError:
+        pass
+
+
+@lru_cache(maxsize=1)  # a raised ConfigurationError is not cached: each call reports it again
 def dependencies() -> Dependencies:
-    import boto3  # imported here so that a bad request is answered before boto3 is loaded
-    from botocore.config import Config
-
-    from .adapters.braze_client import BrazeClient
-    from .adapters.queues import Queues
-    from .adapters.secrets import ConnectorSource, SecretStore
-    from .adapters.state_table import StateTable
-
     env = _Environment()
     aws = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
-    store = SecretStore(boto3.client("secretsmanager", config=aws), max_age=SECRET_MAX_AGE_SECONDS)
+    try:
+        secretsmanager, sqs = boto3.client("secretsmanager", config=aws), boto3.client("sqs", config=aws)
+        dynamodb = boto3.client("dynamodb", config=aws.merge(Config(max_pool_connections=16)))
+    except BotoCoreError as exc:  # no region, say: Lambda always sets one, a local shell may not
+        raise ConfigurationError(f"cannot create the AWS clients: {exc}") from None
+    store = SecretStore(secretsmanager, max_age=SECRET_MAX_AGE_SECONDS)
     deps = Dependencies(
         secrets=store,
         connector_source=ConnectorSource(store, env.required("CONNECTOR_SECRET_ID"), env.flag("BRAZE_ALLOW_LOOPBACK")),
@@ -34,8 +52,8 @@ def dependencies() -> Dependencies:
             connect_timeout=env.number("BRAZE_CONNECT_TIMEOUT_SECONDS", 2.0),
             read_timeout=env.number("BRAZE_READ_TIMEOUT_SECONDS", 5.0),
         ),
-        queues=Queues(boto3.client("sqs", config=aws), env.required("RETRY_QUEUE_URL"), env.required("DEAD_LETTER_QUEUE_URL")),
-        state=StateTable(boto3.client("dynamodb", config=aws), env.required("STATE_TABLE_NAME")),
+        queues=Queues(sqs, env.required("RETRY_QUEUE_URL"), env.required("DEAD_LETTER_QUEUE_URL")),
+        state=StateTable(dynamodb, env.required("STATE_TABLE_NAME")),
         schedule=RetrySchedule.parse(os.environ.get("RETRY_DELAYS_SECONDS")),
         objects_per_request=env.objects_per_request(),
     )

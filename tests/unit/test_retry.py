@@ -6,7 +6,8 @@ import pytest
 
 from didomi_braze.domain.errors import ConfigurationError, MalformedRetryMessage
 from didomi_braze.domain.mapping import BrazeIdentity, BrazeUpdate
-from didomi_braze.domain.retry import PendingUpdate, RetrySchedule, chunks, collapse
+from didomi_braze.domain.retry import PendingUpdate, chunks, collapse
+from didomi_braze.domain.schedule import RetrySchedule
 
 
 def test_default_schedule_retries_five_times_the_last_300_s_after_the_first_failure():

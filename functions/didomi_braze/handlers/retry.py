@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from ..observability import logger, metrics
-from ..runtime import dependencies
+from ..runtime import dependencies, prepare
 from ..service.retry import RetryRecord, retry_batch
+
+prepare()  # SDK clients in the init phase
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 from ..observability import logger, metrics
-from ..runtime import dependencies
+from ..runtime import dependencies, prepare
 from ..service.webhook import WebhookRequest, receive_webhook
+
+prepare()  # SDK clients in the init phase
 
 
 @logger.inject_lambda_context(clear_state=True)

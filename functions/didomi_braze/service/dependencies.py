@@ -5,15 +5,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..adapters.braze_client import BrazeClient
-from ..adapters.queues import Queues
-from ..adapters.secrets import ConnectorSource, SecretStore
-from ..adapters.state_table import StateTable
-from ..domain.connector import ConnectorConfig
 from ..domain.errors import ConfigurationError
-from ..domain.retry import RetrySchedule
 from ..observability import user_ref
+
+if TYPE_CHECKING:
+    from ..adapters.braze_client import BrazeClient
+    from ..adapters.queues import Queues
+    from ..adapters.secrets import ConnectorSource, SecretStore
+    from ..adapters.state_table import StateTable
+    from ..domain.connector import ConnectorConfig
+    from ..domain.schedule import RetrySchedule
 
 
 @dataclass

@@ -12,6 +12,7 @@ exactly as on the webhook path: a retried opt-in never overwrites a later opt-ou
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from ..adapters.queues import DeadLetter
@@ -24,6 +25,7 @@ from ..observability import count, count_by, logger
 from .dependencies import Dependencies
 
 WORKER_LEASE_SECONDS = 120  # twice the worker's timeout
+STATE_TABLE_CONCURRENCY = 16  # matches the DynamoDB client's connection pool (runtime.py)
 
 
 @dataclass(frozen=True)
@@ -184,49 +186,77 @@ def _retry(batch: _Batch, deps: Dependencies) -> None:
             batch.settle(item, BrazeOutcome(RETRYABLE, f"connector configuration invalid: {exc}"))
         return
 
-    claims = [claim for item in items if (claim := _claim(batch, item)) is not None]
-    refreshed = False
-    for chunk in chunks(claims, deps.objects_per_request):
-        outcome = _track(deps, config, chunk)
-        if outcome.kind == PERMANENT and len(chunk) > 1:
-            # Braze refused the request as a whole: send each object alone so one bad object parks only itself.
-            for claim in chunk:
-                _settle(batch, claim, _track(deps, config, [claim]))
-            continue
-        for index, claim in enumerate(chunk):
-            _settle(batch, claim, outcome, outcome.item_error(index))
-        if outcome.refresh_credentials and not refreshed:
-            refreshed = True
-            try:
-                deps.connector(force=True)
-            except ConfigurationError as exc:
-                logger.error("connector secret unreadable while refreshing after 401/403", extra={"problem": str(exc)})
-
-
-def _claim(batch: _Batch, item: UserBatchItem) -> _Claim | None:
-    """Take the user's lease and keep only the fields Braze has no newer value for. None: settled already."""
-    deps = batch.deps
-    key, owner = user_key(item.identity.key), uuid.uuid4().hex
+    claims, finishes = _claims(batch, items)
     try:
-        state = deps.state.acquire(key, owner, item.newest_position, batch.now, WORKER_LEASE_SECONDS)
-    except StateTableUnavailable as exc:
-        batch.settle(item, BrazeOutcome(RETRYABLE, f"state table unavailable: {exc}"))
-        return None
-    if isinstance(state, Busy):
-        batch.settle(item, BrazeOutcome(RETRYABLE, "another update for this user is being delivered"))
-        return None
-    verdict = judge(item.update, item.field_positions, state.positions, retry=True)
-    claim = _Claim(replace(item, update=verdict.send), key, owner, verdict.positions)
-    if verdict.is_skip:
-        batch.superseded(item)
-        batch.finish(claim, delivered=False, gone=list(item.message_ids))
-        return None
-    return claim
+        refreshed = False
+        for chunk in chunks(claims, deps.objects_per_request):
+            outcome = _track(deps, config, chunk)
+            if outcome.kind == PERMANENT and len(chunk) > 1:
+                # Braze refused the request as a whole: send each object alone so one bad object parks only itself.
+                for claim in chunk:
+                    finishes[claim.owner] = _settle(batch, claim, _track(deps, config, [claim]))
+                continue
+            for index, claim in enumerate(chunk):
+                finishes[claim.owner] = _settle(batch, claim, outcome, outcome.item_error(index))
+            if outcome.refresh_credentials and not refreshed:
+                refreshed = True
+                try:
+                    deps.connector(force=True)
+                except ConfigurationError as exc:
+                    logger.error("connector secret unreadable while refreshing after 401/403", extra={"problem": str(exc)})
+    finally:
+        # Every lease taken is given back, also when something above failed (then nothing is committed).
+        _parallel(lambda f: batch.finish(*f), list(finishes.values()))
 
 
-def _settle(batch: _Batch, claim: _Claim, outcome: BrazeOutcome, item_error: str | None = None) -> None:
+def _claims(batch: _Batch, items: list[UserBatchItem]) -> tuple[list[_Claim], dict[str, tuple]]:
+    """Take each user's lease (in parallel: these are independent round trips) and keep only the fields Braze has
+    no newer value for. Returns the claims to send and, by owner, how each lease is to be given back."""
+    deps = batch.deps
+
+    def acquire(item: UserBatchItem) -> tuple[UserBatchItem, str, str, object]:
+        key, owner = user_key(item.identity.key), uuid.uuid4().hex
+        try:
+            return item, key, owner, deps.state.acquire(key, owner, item.newest_position, batch.now, WORKER_LEASE_SECONDS)
+        except StateTableUnavailable as exc:
+            return item, key, owner, exc
+
+    claims: list[_Claim] = []
+    finishes: dict[str, tuple] = {}
+    for item, key, owner, state in _parallel(acquire, items):
+        if isinstance(state, StateTableUnavailable):
+            batch.settle(item, BrazeOutcome(RETRYABLE, f"state table unavailable: {state}"))
+            continue
+        if isinstance(state, Busy):
+            batch.settle(item, BrazeOutcome(RETRYABLE, "another update for this user is being delivered"))
+            continue
+        verdict = judge(item.update, item.field_positions, state.positions, retry=True)
+        claim = _Claim(replace(item, update=verdict.send), key, owner, verdict.positions)
+        if verdict.is_skip:
+            batch.superseded(item)
+            finishes[owner] = (claim, False, list(item.message_ids))
+            continue
+        claims.append(claim)
+        finishes[owner] = (claim, False, [])  # until settled: give the lease back, commit nothing
+    return claims, finishes
+
+
+def _settle(batch: _Batch, claim: _Claim, outcome: BrazeOutcome, item_error: str | None = None) -> tuple:
     gone = batch.settle(claim.item, outcome, item_error)
-    batch.finish(claim, delivered=outcome.kind == DELIVERED and item_error is None, gone=gone)
+    return claim, outcome.kind == DELIVERED and item_error is None, gone
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _parallel(function, items: list) -> list:
+    """Run independent state-table round trips side by side; one pool per container, created on first use."""
+    global _pool
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=STATE_TABLE_CONCURRENCY, thread_name_prefix="state-table")
+    return list(_pool.map(function, items))
 
 
 def _track(deps: Dependencies, config, claims: list[_Claim]) -> BrazeOutcome:

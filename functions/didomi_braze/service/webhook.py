@@ -13,8 +13,8 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..adapters.queues import DeadLetter
 from ..adapters.state_table import Busy, StateTableUnavailable, user_key
 from ..domain.braze import DELIVERED, PERMANENT, RETRYABLE, BrazeOutcome, attributes_object
 from ..domain.connector import ConnectorConfig
@@ -22,9 +22,11 @@ from ..domain.didomi import parse_webhook
 from ..domain.errors import ConfigurationError, InvalidWebhook
 from ..domain.mapping import BrazeUpdate, Push, Skip, plan
 from ..domain.ordering import DUPLICATE, Verdict, fields_of, judge, position
-from ..domain.retry import PendingUpdate, iso_utc
 from ..observability import count, count_by, logger
 from .dependencies import Dependencies
+
+if TYPE_CHECKING:
+    from ..domain.retry import PendingUpdate
 
 MAX_BODY_BYTES = 256 * 1024
 WEBHOOK_LEASE_SECONDS = 30  # twice the function's timeout: the lease outlives any invocation holding it
@@ -120,6 +122,8 @@ def _apply(push: Push, event_type: str, config: ConnectorConfig, deps: Dependenc
 
     pending = _pending(push, verdict.send, event_type, outcome, deps)
     if outcome.kind == PERMANENT or outcome.item_errors:
+        from ..adapters.queues import DeadLetter  # failure path only: kept off the cold start
+
         why = DeadLetter(
             pending.first_failure_reason,
             attempts=1,
@@ -145,6 +149,8 @@ def _apply(push: Push, event_type: str, config: ConnectorConfig, deps: Dependenc
 
 
 def _pending(push: Push, update: BrazeUpdate, event_type: str, outcome: BrazeOutcome, deps: Dependencies) -> PendingUpdate:
+    from ..domain.retry import PendingUpdate, iso_utc  # failure path only: kept off the cold start
+
     return PendingUpdate(
         event_id=push.event_id,
         event_type=event_type,
