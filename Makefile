@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := functions:.
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: test lint unit demo serve invoke validate-config preview put-config bench clean
+.PHONY: test lint unit demo serve invoke validate-config preview put-config bench fuzz clean
 
 $(VENV)/.installed: requirements.txt functions/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,10 @@ test: lint
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed $(SAM_VENV)/.installed
-	$(VENV)/bin/ruff check functions sandbox tests benchmarks
-	$(VENV)/bin/ruff format --check functions sandbox tests benchmarks
+	$(VENV)/bin/ruff check functions sandbox tests benchmarks fuzz
+	$(VENV)/bin/ruff format --check functions sandbox tests benchmarks fuzz
 	$(VENV)/bin/cfn-lint template.yaml
+	$(VENV)/bin/cfn-lint template.yaml --parameters AuthMode=oauth AllowedSourceCidrs=35.159.1.63/32 RetryReservedConcurrency=2 AlarmEmail=ops@example.com
 	$(SAM_VENV)/bin/sam validate --lint --template template.yaml --region eu-central-1
 
 unit: $(VENV)/.installed
@@ -59,6 +60,12 @@ put-config: $(VENV)/.installed
 ## make bench: cold start, warm event, worker, memory and package size against same-run baselines (a few minutes)
 bench: $(VENV)/.installed $(SAM_VENV)/.installed
 	$(PY) -m benchmarks
+
+## make fuzz DURATION=600: atheris over parsing, mapping and Braze answers, seeded from events/ (seconds)
+DURATION ?= 60
+fuzz: $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check -r fuzz/requirements.txt
+	$(PY) -m fuzz.run -max_total_time=$(DURATION) -rss_limit_mb=2048
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .ruff_cache .hypothesis

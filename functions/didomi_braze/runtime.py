@@ -16,8 +16,9 @@ from botocore.exceptions import BotoCoreError
 
 from .adapters.braze_client import BrazeClient
 from .adapters.queues import Queues
-from .adapters.secrets import ConnectorSource, SecretStore
+from .adapters.secrets import ConnectorSource, SecretStore, WebhookTokens
 from .adapters.state_table import StateTable
+from .domain.access import AccessPolicy
 from .domain.braze import DEFAULT_OBJECTS_PER_REQUEST, MAX_OBJECTS_PER_REQUEST
 from .domain.errors import ConfigurationError
 from .domain.schedule import RetrySchedule
@@ -39,7 +40,7 @@ def dependencies() -> Dependencies:
     env = _Environment()
     aws = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
     try:
-        secretsmanager, sqs = boto3.client("secretsmanager", config=aws), boto3.client("sqs", config=aws)
+        secretsmanager = boto3.client("secretsmanager", config=aws)
         dynamodb = boto3.client("dynamodb", config=aws.merge(Config(max_pool_connections=16)))
     except BotoCoreError as exc:  # no region, say: Lambda always sets one, a local shell may not
         raise ConfigurationError(f"cannot create the AWS clients: {exc}") from None
@@ -47,12 +48,22 @@ def dependencies() -> Dependencies:
     deps = Dependencies(
         secrets=store,
         connector_source=ConnectorSource(store, env.required("CONNECTOR_SECRET_ID"), env.flag("BRAZE_ALLOW_LOOPBACK")),
-        webhook_secret_id=env.required("WEBHOOK_SECRET_ID"),
+        webhook_tokens=WebhookTokens(
+            secretsmanager,
+            env.required("WEBHOOK_SECRET_ID"),
+            max_age=SECRET_MAX_AGE_SECONDS,
+            grace_seconds=int(env.number("WEBHOOK_TOKEN_GRACE_HOURS", 24) * 3600),
+        ),
+        access=AccessPolicy.parse(
+            os.environ.get("AUTH_MODE"), os.environ.get("ALLOWED_SOURCE_CIDRS"), os.environ.get("OAUTH_SCOPE")
+        ),
         braze=BrazeClient(
             connect_timeout=env.number("BRAZE_CONNECT_TIMEOUT_SECONDS", 2.0),
             read_timeout=env.number("BRAZE_READ_TIMEOUT_SECONDS", 5.0),
         ),
-        queues=Queues(sqs, env.required("RETRY_QUEUE_URL"), env.required("DEAD_LETTER_QUEUE_URL")),
+        queues=Queues(
+            lambda: boto3.client("sqs", config=aws), env.required("RETRY_QUEUE_URL"), env.required("DEAD_LETTER_QUEUE_URL")
+        ),
         state=StateTable(dynamodb, env.required("STATE_TABLE_NAME")),
         schedule=RetrySchedule.parse(os.environ.get("RETRY_DELAYS_SECONDS")),
         objects_per_request=env.objects_per_request(),

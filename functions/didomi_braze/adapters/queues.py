@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,19 @@ class DeadLetter:
 
 
 class Queues:
-    def __init__(self, client, retry_queue_url: str, dead_letter_queue_url: str):
-        self._sqs = client
+    """Both queues. The SQS client is created on first use: only failures need it, so the cold start does not."""
+
+    def __init__(self, client_factory: Callable[[], Any], retry_queue_url: str, dead_letter_queue_url: str):
+        self._factory = client_factory
+        self._client = None
         self._retry_url = retry_queue_url
         self._dlq_url = dead_letter_queue_url
+
+    @property
+    def _sqs(self):
+        if self._client is None:
+            self._client = self._factory()
+        return self._client
 
     def enqueue_retry(self, body: str, delay_seconds: int) -> None:
         self._sqs.send_message(QueueUrl=self._retry_url, MessageBody=body, DelaySeconds=delay_seconds)

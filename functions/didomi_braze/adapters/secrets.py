@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
+from botocore.exceptions import BotoCoreError, ClientError
 
 from ..domain.connector import ConnectorConfig, parse_connector_document
 from ..domain.errors import ConfigurationError
@@ -44,3 +47,60 @@ class ConnectorSource:
                 raise ConfigurationError([f"connector secret {self._secret_id}: {p}" for p in exc.problems]) from None
             self._parsed = (text, config)
         return self._parsed[1]
+
+
+class WebhookTokens:
+    """The webhook token in `AWSCURRENT` and, for `grace_seconds` after a rotation, the one in `AWSPREVIOUS`.
+
+    Rotating is `put-secret-value` with a new token: Secrets Manager moves the old one to AWSPREVIOUS, so Didomi's
+    deliveries with the old token keep working while its header is updated. A token that matches none is
+    re-read at most every `refresh_interval` seconds, so a container picks a rotation up without waiting for the
+    cache to expire, and bad requests cannot turn into a stream of secret reads.
+    """
+
+    def __init__(self, client, secret_id: str, max_age: int, grace_seconds: int, refresh_interval: int = 30):
+        self._client = client
+        self._secret_id = secret_id
+        self._max_age = max_age
+        self._grace = grace_seconds
+        self._refresh_interval = refresh_interval
+        self._tokens: tuple[str, ...] = ()
+        self._fetched_at = float("-inf")
+
+    def valid(self) -> tuple[str, ...]:
+        if time.monotonic() - self._fetched_at > self._max_age:
+            self._fetch()
+        return self._tokens
+
+    def refresh_after_miss(self) -> bool:
+        """Re-read the secret if the copy is old enough; True when it was re-read."""
+        if time.monotonic() - self._fetched_at < self._refresh_interval:
+            return False
+        self._fetch()
+        return True
+
+    def _fetch(self) -> None:
+        try:
+            current = self._client.get_secret_value(SecretId=self._secret_id)
+            tokens = [current.get("SecretString") or ""]
+            created = current.get("CreatedDate")
+            if self._grace > 0 and created is not None and time.time() - created.timestamp() < self._grace:
+                tokens.append(self._previous())
+        except (ClientError, BotoCoreError) as exc:
+            raise ConfigurationError(f"cannot read secret {self._secret_id}: {type(exc).__name__}: {_code(exc)}") from None
+        if not tokens[0]:
+            raise ConfigurationError(f"secret {self._secret_id} has no SecretString")
+        self._tokens = tuple(t for t in tokens if t)
+        self._fetched_at = time.monotonic()
+
+    def _previous(self) -> str:
+        try:
+            return self._client.get_secret_value(SecretId=self._secret_id, VersionStage="AWSPREVIOUS").get("SecretString") or ""
+        except ClientError as exc:
+            if _code(exc) == "ResourceNotFoundException":  # never rotated: there is no previous version
+                return ""
+            raise
+
+
+def _code(exc: Exception) -> str:
+    return exc.response.get("Error", {}).get("Code", "error") if isinstance(exc, ClientError) else "connection"

@@ -84,11 +84,15 @@ class BrazeIdentity:
         return f"{self.kind}:{self.value}"
 
 
+# Every reason an event is acknowledged without a Braze call (the last two come from the ordering guard).
+SKIP_REASONS = ("deleted", "pending", "regulation_not_configured", "no_user_id", "no_change", "duplicate", "superseded")
+
+
 @dataclass(frozen=True)
 class Skip:
     """The event is acknowledged and deliberately not sent to Braze."""
 
-    reason: str  # deleted | pending | regulation_not_configured | no_user_id | no_change
+    reason: str  # one of SKIP_REASONS
     detail: str
 
 

@@ -15,7 +15,14 @@ prepare()  # SDK clients in the init phase
 @metrics.log_metrics
 def handler(event: dict, context) -> dict:
     headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
-    request = WebhookRequest(headers.get("authorization"), event.get("body"), bool(event.get("isBase64Encoded")))
+    context_ = event.get("requestContext") or {}
+    request = WebhookRequest(
+        authorization=headers.get("authorization"),
+        body=event.get("body"),
+        is_base64=bool(event.get("isBase64Encoded")),
+        source_ip=(context_.get("http") or {}).get("sourceIp"),
+        jwt_claims=((context_.get("authorizer") or {}).get("jwt") or {}).get("claims"),
+    )
     answer = receive_webhook(request, dependencies)
     return {
         "statusCode": answer.status,

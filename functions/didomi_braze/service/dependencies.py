@@ -13,8 +13,9 @@ from ..observability import user_ref
 if TYPE_CHECKING:
     from ..adapters.braze_client import BrazeClient
     from ..adapters.queues import Queues
-    from ..adapters.secrets import ConnectorSource, SecretStore
+    from ..adapters.secrets import ConnectorSource, SecretStore, WebhookTokens
     from ..adapters.state_table import StateTable
+    from ..domain.access import AccessPolicy
     from ..domain.connector import ConnectorConfig
     from ..domain.schedule import RetrySchedule
 
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 class Dependencies:
     secrets: SecretStore
     connector_source: ConnectorSource
-    webhook_secret_id: str
+    webhook_tokens: WebhookTokens
+    access: AccessPolicy
     braze: BrazeClient
     queues: Queues
     state: StateTable
@@ -31,15 +33,12 @@ class Dependencies:
     objects_per_request: int
     clock: Callable[[], float] = field(default=lambda: time.time())  # looked up per call: tests move the clock
 
-    def webhook_token(self) -> str:
-        return self.secrets.read(self.webhook_secret_id)
-
     def connector(self, force: bool = False) -> ConnectorConfig:
         return self.connector_source.load(force=force)
 
     def user_ref(self, identity_key: str) -> str:
         """A keyed hash of the user for logs (keyed with the webhook secret, so it cannot be guessed)."""
         try:
-            return user_ref(self.webhook_token(), identity_key)
+            return user_ref(self.webhook_tokens.valid()[0], identity_key)
         except ConfigurationError:
             return "unavailable"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import uuid
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..adapters.state_table import Busy, StateTableUnavailable, user_key
+from ..domain.access import OAUTH, bearer_matches
 from ..domain.braze import DELIVERED, PERMANENT, RETRYABLE, BrazeOutcome, attributes_object
 from ..domain.connector import ConnectorConfig
 from ..domain.didomi import parse_webhook
@@ -37,6 +37,8 @@ class WebhookRequest:
     authorization: str | None
     body: str | None
     is_base64: bool = False
+    source_ip: str | None = None
+    jwt_claims: dict | None = None  # set by API Gateway's JWT authorizer in OAuth mode
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,19 @@ class Answer:
 def receive_webhook(request: WebhookRequest, load_dependencies: Callable[[], Dependencies]) -> Answer:
     try:
         deps = load_dependencies()
-        token = deps.webhook_token()
     except ConfigurationError as exc:
         return _unavailable("configuration_error", exc)
-    if not _authenticated(request.authorization, token):
+    if not deps.access.source_allowed(request.source_ip):
+        count("WebhookForbidden")
+        logger.warning("webhook refused: source address not in ALLOWED_SOURCE_CIDRS", extra={"source_ip": request.source_ip})
+        return Answer(403, {"status": "forbidden", "error": "this source address may not call the webhook"})
+    try:
+        authenticated = _authenticated(request, deps)
+    except ConfigurationError as exc:
+        return _unavailable("configuration_error", exc)
+    if not authenticated:
         count("WebhookUnauthorized")
-        logger.warning("webhook refused: missing or wrong bearer token")
+        logger.warning("webhook refused: missing or wrong credentials", extra={"auth_mode": deps.access.mode})
         return Answer(401, {"status": "unauthorized", "error": "missing or invalid Authorization: Bearer token"})
 
     try:
@@ -209,13 +218,14 @@ def _refresh_connector(deps: Dependencies) -> None:
         logger.error("connector secret unreadable while refreshing after 401/403", extra={"problem": str(exc)})
 
 
-def _authenticated(header: str | None, token: str) -> bool:
-    if not header or not token:
-        return False
-    scheme, _, presented = header.strip().partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
-        return False
-    return hmac.compare_digest(presented.strip().encode(), token.encode())
+def _authenticated(request: WebhookRequest, deps: Dependencies) -> bool:
+    if deps.access.mode == OAUTH:
+        # API Gateway's JWT authorizer has validated the token; a request without its claims did not go through it.
+        return deps.access.claims_allowed(request.jwt_claims)
+    if bearer_matches(request.authorization, deps.webhook_tokens.valid()):
+        return True
+    # The token may just have been rotated: look again (at most every 30 s), then decide.
+    return deps.webhook_tokens.refresh_after_miss() and bearer_matches(request.authorization, deps.webhook_tokens.valid())
 
 
 class _TooLarge(Exception):

@@ -1,0 +1,1 @@
+"""Coverage-guided fuzzing (atheris) of the parsing and mapping code."""
