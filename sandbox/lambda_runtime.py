@@ -118,14 +118,14 @@ class WebhookGateway:
             protocol_version = "HTTP/1.1"
             disable_nagle_algorithm = True  # headers and body go out in separate writes
 
-            def do_POST(self) -> None:  # noqa: N802
-                gateway._serve(self, "POST")
-
-            def do_GET(self) -> None:  # noqa: N802
-                gateway._serve(self, "GET")
-
             def log_message(self, format: str, *args) -> None:
                 pass
+
+            def __getattr__(self, name: str):
+                # Every method (`do_<METHOD>`) reaches the gateway; like API Gateway, anything but the route is a 404.
+                if name.startswith("do_"):
+                    return lambda: gateway._serve(self, name[3:])
+                raise AttributeError(name)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
