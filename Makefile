@@ -14,6 +14,13 @@ $(VENV)/.installed: requirements.txt functions/requirements.txt
 	touch $@
 
 # aws-sam-cli pins its own boto3 and pydantic: it gets a virtualenv of its own.
+# checkov (template security rules) pins its own dependencies too.
+CHECKOV_VENV := .venv-checkov
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check checkov==3.3.30
+	touch $@
+
 $(SAM_VENV)/.installed:
 	$(PYTHON) -m venv $(SAM_VENV)
 	$(SAM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check aws-sam-cli==1.170.0
@@ -23,12 +30,13 @@ $(SAM_VENV)/.installed:
 test: lint
 	$(PY) -m pytest
 
-lint: $(VENV)/.installed $(SAM_VENV)/.installed
+lint: $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/ruff check functions sandbox tests benchmarks fuzz
 	$(VENV)/bin/ruff format --check functions sandbox tests benchmarks fuzz
 	$(VENV)/bin/cfn-lint template.yaml
 	$(VENV)/bin/cfn-lint template.yaml --parameters AuthMode=oauth AllowedSourceCidrs=35.159.1.63/32 RetryReservedConcurrency=2 AlarmEmail=ops@example.com
 	$(SAM_VENV)/bin/sam validate --lint --template template.yaml --region eu-central-1
+	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --file template.yaml --framework cloudformation --compact --quiet --skip-download
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit
@@ -68,4 +76,4 @@ fuzz: $(VENV)/.installed
 	$(PY) -m fuzz.run -max_total_time=$(DURATION) -rss_limit_mb=2048
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .aws-sam .pytest_cache .ruff_cache .hypothesis
