@@ -55,6 +55,29 @@ def test_timestamps_with_offsets_are_normalised_to_utc_so_they_sort():
     assert parse_webhook(body).entity.created_at == "2026-05-04T12:00:00.000000Z"
 
 
+@pytest.mark.parametrize(
+    ("value", "normalised"),
+    [
+        ("0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00.000000Z"),
+        ("9999-12-31T23:59:59-01:00", "9999-12-31T23:59:59.999999Z"),
+        ("0999-06-01T00:00:00Z", "0999-06-01T00:00:00.000000Z"),  # padded, so that it sorts before year 1000
+    ],
+)
+def test_timestamps_at_the_edge_of_the_calendar_keep_their_extreme(value, normalised):
+    # found by schemathesis: year 1 moved to UTC by a positive offset overflowed datetime (a 500)
+    body = didomi_body("event-created")
+    body["parameters"]["entity"]["created_at"] = value
+    assert parse_webhook(body).entity.created_at == normalised
+
+
+@pytest.mark.parametrize("value", ["2026-13-01T00:00:00Z", "", "2026-05-04 noon"])
+def test_malformed_timestamps_are_rejected(value):
+    body = didomi_body("event-created")
+    body["parameters"]["entity"]["created_at"] = value
+    with pytest.raises(InvalidWebhook, match="created_at must be an ISO 8601 timestamp"):
+        parse_webhook(body)
+
+
 def test_a_blank_organization_user_id_counts_as_absent():
     body = didomi_body("event-created")
     body["parameters"]["entity"]["user"]["organization_user_id"] = "   "

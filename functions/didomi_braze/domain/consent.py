@@ -71,7 +71,6 @@ def parse_consents(raw: Any, path: str) -> ConsentState:
             _require(isinstance(values, dict), f"{p_path}.values", "must be an object")
             for pref_id, selection in values.items():
                 v_path = f"{p_path}.values.{pref_id}"
-                _require(bool(pref_id), v_path, "must have a non-empty preference id")
                 _require(isinstance(selection, dict), v_path, 'must be an object like {"value": "a,b"}')
                 selected = selection.get("value")
                 _require(selected is None or isinstance(selected, str), f"{v_path}.value", "must be a string")

@@ -140,4 +140,8 @@ def _timestamp(raw: dict, key: str, path: str) -> str | None:
         raise InvalidWebhook(f"{path}.{key} must be an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        utc = parsed.astimezone(UTC)
+    except OverflowError:  # the first or last day Python can hold, moved past it by the offset: keep the extreme
+        utc = (datetime.min if parsed.year == 1 else datetime.max).replace(tzinfo=UTC)
+    return utc.isoformat(timespec="microseconds").replace("+00:00", "Z")  # %Y would not pad year 1

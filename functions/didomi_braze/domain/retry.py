@@ -117,4 +117,4 @@ def chunks(items: list[UserBatchItem], size: int) -> list[list[UserBatchItem]]:
 
 
 def iso_utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
