@@ -107,7 +107,7 @@ def _apply(push: Push, event_type: str, config: ConnectorConfig, deps: Dependenc
     lease = (key, owner)
     verdict = judge(push.update, dict.fromkeys(fields_of(push.update), pos), state.positions, retry=False)
     if pos in state.pending:
-        verdict = Verdict(verdict.send, {}, DUPLICATE)
+        verdict = Verdict(BrazeUpdate(), {}, DUPLICATE)
     if verdict.is_skip:
         _finish(deps, lease)
         detail = (
