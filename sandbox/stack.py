@@ -107,11 +107,11 @@ class LocalStack:
 
     @property
     def retry_queue_url(self) -> str:
-        return self.stack.queue_urls["RetryQueue"]
+        return self.stack.retry_queue_url
 
     @property
     def dead_letter_queue_url(self) -> str:
-        return self.stack.queue_urls["DeadLetterQueue"]
+        return self.stack.dead_letter_queue_url
 
     def queue_depth(self, url: str) -> int:
         attrs = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]

@@ -67,6 +67,14 @@ class Stack:
     secret_arns: dict[str, str] = field(default_factory=dict)
     table_names: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def retry_queue_url(self) -> str:
+        return self.queue_urls["RetryQueue"]
+
+    @property
+    def dead_letter_queue_url(self) -> str:
+        return self.queue_urls["DeadLetterQueue"]
+
     def resolve(self, value: Any) -> Any:
         if isinstance(value, list):
             return [v for v in (self.resolve(v) for v in value) if v is not _NO_VALUE]

@@ -32,11 +32,11 @@ class LocalAws:
 
     @property
     def retry_queue(self) -> str:
-        return self.stack.queue_urls["RetryQueue"]
+        return self.stack.retry_queue_url
 
     @property
     def dead_letter_queue(self) -> str:
-        return self.stack.queue_urls["DeadLetterQueue"]
+        return self.stack.dead_letter_queue_url
 
     def messages(self, queue_url: str) -> list[dict]:
         """Every visible message on a queue, made visible again afterwards (inspection must not hide them)."""
