@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from freezegun import freeze_time
 
+from didomi_braze.domain.errors import ConfigurationError
 from didomi_braze.domain.mapping import BrazeIdentity, BrazeUpdate
 from didomi_braze.domain.retry import PendingUpdate
 from tests.integration.conftest import call_webhook, event_for
@@ -220,3 +221,20 @@ def test_a_retry_for_a_user_braze_does_not_know_is_not_created_without_upsert(aw
 
     assert braze.track_requests()[0].body["attributes"][0]["_update_existing_only"] is True
     assert braze.state("external_id:stranger") is None
+
+
+def test_a_broken_configuration_fails_the_batch_loudly_and_keeps_every_message(aws, braze, worker, logs, monkeypatch):
+    from didomi_braze import runtime
+
+    with freeze_time(START) as clock:
+        braze.fail_next("503")
+        call_webhook(http_event("event-created"))
+        monkeypatch.setenv("RETRY_DELAYS_SECONDS", "30,45")  # too few delays
+        runtime.dependencies.cache_clear()
+        clock.tick(31)
+        with pytest.raises(ConfigurationError):
+            worker.poll_once(wait_seconds=0)
+        assert "RETRY_DELAYS_SECONDS needs 5 to 9 delays" in logs.getvalue()
+        assert len(aws.sqs.receive_message(QueueUrl=aws.retry_queue, VisibilityTimeout=0).get("Messages", [])) == 0  # in flight
+        clock.tick(361)  # back after the queue's visibility timeout
+        assert len(aws.messages(aws.retry_queue)) == 1

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..observability import logger, metrics
+from ..domain.errors import ConfigurationError
+from ..observability import count, logger, metrics
 from ..runtime import dependencies, prepare
 from ..service.retry import RetryRecord, retry_batch
 
@@ -23,5 +24,12 @@ def handler(event: dict, context) -> dict:
         )
         for r in event.get("Records", [])
     ]
-    failures = retry_batch(records, dependencies())
+    try:
+        deps = dependencies()
+    except ConfigurationError as exc:
+        # The whole batch fails and comes back: nothing is lost, and Lambda's Errors metric shows the outage.
+        count("WorkerUnavailable")
+        logger.error("RetryFunction cannot run: fix the configuration", extra={"problem": str(exc), "batch_size": len(records)})
+        raise
+    failures = retry_batch(records, deps)
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failures]}
