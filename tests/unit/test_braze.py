@@ -1,4 +1,4 @@
-"""Braze request bodies and the classification of Braze's answers (DESIGN §4)."""
+"""Braze request bodies and the classification of Braze's answers."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Resolving mapping values against a Didomi consent state: every value form of DESIGN §3."""
+"""Resolving mapping values against a Didomi consent state: every value form the README lists."""
 
 import pytest
 

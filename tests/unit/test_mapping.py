@@ -1,4 +1,4 @@
-"""The mapping semantics of DESIGN §3: the email truth table, subscription groups, and sending only changes."""
+"""The mapping semantics: the email truth table, subscription groups, and sending only changes."""
 
 import itertools
 import json

@@ -1,4 +1,4 @@
-"""Braze `/users/track` requests and what Braze's answers mean for delivery (DESIGN §4)."""
+"""Braze `/users/track` requests and what Braze's answers mean for delivery (README: "Delivery, retries")."""
 
 from __future__ import annotations
 

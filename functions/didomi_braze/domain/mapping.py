@@ -1,4 +1,4 @@
-"""From a Didomi event to the Braze update it calls for (DESIGN §3, "Mapping semantics")."""
+"""From a Didomi event to the Braze update it calls for (README: "Mappings")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The retry schedule: the delay before each retry of a failed Braze call (DESIGN §5)."""
+"""The retry schedule: the delay before each retry of a failed Braze call."""
 
 from __future__ import annotations
 
