@@ -180,7 +180,6 @@ class RetryQueuePoller:
         self._handler = load_handler(spec)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="retry-poller", daemon=True)
-        self.invocations = 0
 
     def start(self) -> RetryQueuePoller:
         self._thread.start()
@@ -217,7 +216,6 @@ class RetryQueuePoller:
             return 0
         arn = f"arn:aws:sqs:{self.region}:123456789012:{self.queue_url.rsplit('/', 1)[-1]}"
         event = {"Records": [sqs_record(m, arn, self.region) for m in messages]}
-        self.invocations += 1
         result = self._handler(event, LambdaContext(self.spec.name, self.spec.timeout))
         failed = {f["itemIdentifier"] for f in (result or {}).get("batchItemFailures", [])}
         done = [m for m in messages if m["MessageId"] not in failed]

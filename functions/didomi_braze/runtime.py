@@ -46,7 +46,6 @@ def dependencies() -> Dependencies:
         raise ConfigurationError(f"cannot create the AWS clients: {exc}") from None
     store = SecretStore(secretsmanager, max_age=SECRET_MAX_AGE_SECONDS)
     deps = Dependencies(
-        secrets=store,
         connector_source=ConnectorSource(store, env.required("CONNECTOR_SECRET_ID"), env.flag("BRAZE_ALLOW_LOOPBACK")),
         webhook_tokens=WebhookTokens(
             secretsmanager,

@@ -13,7 +13,7 @@ from ..observability import user_ref
 if TYPE_CHECKING:
     from ..adapters.braze_client import BrazeClient
     from ..adapters.queues import Queues
-    from ..adapters.secrets import ConnectorSource, SecretStore, WebhookTokens
+    from ..adapters.secrets import ConnectorSource, WebhookTokens
     from ..adapters.state_table import StateTable
     from ..domain.access import AccessPolicy
     from ..domain.connector import ConnectorConfig
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 @dataclass
 class Dependencies:
-    secrets: SecretStore
     connector_source: ConnectorSource
     webhook_tokens: WebhookTokens
     access: AccessPolicy
