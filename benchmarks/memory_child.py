@@ -12,6 +12,10 @@ class Context:
     invoked_function_arn = "arn:aws:lambda:local:123456789012:function:bench"
     aws_request_id = "memory"
 
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 60_000
+
     def __init__(self, name):
         self.function_name = name
 
@@ -25,8 +29,7 @@ def webhook(events: int) -> None:
 
 
 def retry(events: int) -> None:
-    from didomi_braze.domain.mapping import BrazeIdentity, BrazeUpdate
-    from didomi_braze.domain.retry import PendingUpdate
+    from benchmarks.events import retry_message
     from didomi_braze.handlers.retry import handler
 
     run = uuid.uuid4().hex[:8]
@@ -36,15 +39,7 @@ def retry(events: int) -> None:
                 "messageId": f"m{i}",
                 "receiptHandle": f"r{i}",
                 "attributes": {"ApproximateReceiveCount": "1"},
-                "body": PendingUpdate(
-                    f"e-{run}-{i}",
-                    "event.created",
-                    BrazeIdentity("external_id", f"m-{run}-{i}"),
-                    BrazeUpdate("opted_in"),
-                    "2026-05-04T12:00:00.000000Z|0",
-                    "2026-05-04T12:00:01Z",
-                    "x",
-                ).to_json(),
+                "body": retry_message(f"m-{run}-{i}"),
             }
             for i in range(start, min(events, start + 100))
         ]

@@ -25,7 +25,7 @@ import urllib3
 from sandbox.lambda_runtime import LambdaContext, function_output_to
 from sandbox.stack import LocalStack
 
-from .events import fresh_event
+from .events import fresh_event, retry_message
 from .stats import Sample, describe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,14 +102,18 @@ def warm(stack: LocalStack, events: int) -> dict:
     context = LambdaContext("WebhookFunction", 15)
 
     from didomi_braze.adapters.state_table import StateTable
+    from didomi_braze.domain.ordering import Position, StoredInput
+    from didomi_braze.domain.ports import NotNewerThan
 
     state = StateTable(stack.dynamodb, table)
 
+    position = Position("2026-05-04T12:00:00.000000Z", None, "e")
+    inputs = {"consents_purposes_newsletter_enabled": StoredInput(True, position)}
+
     def same_work() -> None:
         key, now = uuid.uuid4().hex, time.time()
-        state.acquire(key, "baseline", "2026-05-04T12:00:00.000000Z|0#e", now, 30)
+        state.claim(key, inputs, "baseline", "e", now, now + 10, NotNewerThan())
         http.request("POST", braze_url, body=body.encode(), headers=headers)
-        state.finish(key, "baseline", now, commit={"email_subscribe": "2026-05-04T12:00:00.000000Z|0#e"})
 
     samples: dict[str, list[float]] = defaultdict(list)
     with open(os.devnull, "w") as sink, function_output_to(sink):
@@ -138,23 +142,10 @@ def worker(stack: LocalStack, events: int) -> dict:
     """RetryFunction draining a backlog, batch by batch as Lambda's SQS event source hands it over (100 records per
     invocation, the template's BatchSize). Receiving and deleting are the event source's work, not the function's,
     and moto's SQS slows down quadratically with a 10,000-message queue, so the records are handed over directly."""
-    from didomi_braze.domain.mapping import BrazeIdentity, BrazeUpdate
-    from didomi_braze.domain.retry import PendingUpdate
     from didomi_braze.handlers.retry import handler
 
     run = uuid.uuid4().hex[:8]
-    bodies = [
-        PendingUpdate(
-            f"e-{run}-{i}",
-            "event.created",
-            BrazeIdentity("external_id", f"w-{run}-{i}"),
-            BrazeUpdate("opted_in"),
-            "2026-05-04T12:00:00.000000Z|000000000000",
-            "2026-05-04T12:00:01.000000Z",
-            "benchmark",
-        ).to_json()
-        for i in range(events)
-    ]
+    bodies = [retry_message(f"w-{run}-{i}") for i in range(events)]
     batch_size = stack.stack.function("RetryFunction").sqs_batch_size
     calls_before = len(stack.braze.track_requests())
     failures = invocations = 0

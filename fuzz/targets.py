@@ -1,5 +1,5 @@
-"""The fuzz target: the webhook body and the connector document through parsing, mapping, ordering and Braze
-payload building. Refusals are the domain's own errors; any other exception is a finding.
+"""The fuzz target: the webhook body and the connector document through parsing, planning, merging into a user's
+state and Braze payload building. Refusals are the domain's own errors; any other exception is a finding.
 
 Kept free of atheris so that the test suite can run it over the seed corpus."""
 
@@ -12,8 +12,8 @@ from didomi_braze.domain.braze import attributes_object, classify_response
 from didomi_braze.domain.connector import parse_connector_document
 from didomi_braze.domain.didomi import parse_webhook
 from didomi_braze.domain.errors import ConfigurationError, InvalidWebhook
-from didomi_braze.domain.mapping import Push, plan
-from didomi_braze.domain.ordering import fields_of, judge, position
+from didomi_braze.domain.mapping import Change, desired, plan, values_of
+from didomi_braze.domain.ordering import merge
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 CONFIG = parse_connector_document((EVENTS / "connector.json").read_text())
@@ -32,22 +32,21 @@ def one_input(data: bytes) -> None:
         return
     if kind == BRAZE_ANSWER:
         outcome = classify_response(200 + payload[0] % 400 if payload else 201, {"x-ratelimit-reset": "1"}, payload[1:], 3)
-        assert outcome.kind in ("delivered", "retryable", "permanent")
+        assert outcome.kind in ("delivered", "retryable", "rate_limited", "permanent")
         return
     try:
         body = json.loads(payload)
     except (ValueError, RecursionError):
         return  # the service answers 400 before parsing
     try:
-        webhook = parse_webhook(body)
+        decision = plan(parse_webhook(body), CONFIG)
     except InvalidWebhook:
         return
-    decision = plan(webhook, CONFIG)
-    if isinstance(decision, Push):
-        attributes_object(decision.identity, decision.update, CONFIG.upsert_mode)
-        mine = position(decision.order_key, decision.event_id)
-        verdict = judge(decision.update, dict.fromkeys(fields_of(decision.update), mine), {}, retry=False)
-        assert verdict.send == decision.update
+    if isinstance(decision, Change):
+        merged = merge({}, decision.inputs)
+        assert merged.state == decision.inputs and not merged.older  # a first change is taken whole
+        assert merge(merged.state, decision.inputs).seen == set(decision.inputs)  # the same change again is seen
+        attributes_object(decision.identity, desired(values_of(merged.state), CONFIG), CONFIG.upsert_mode)
 
 
 def seed_corpus() -> list[bytes]:

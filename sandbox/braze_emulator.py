@@ -1,9 +1,14 @@
-"""A Braze REST emulator on loopback: `POST /users/track`, as strict as Braze's documentation.
+"""A Braze REST emulator: `POST /users/track`, as strict as Braze's documentation.
 
-It checks what Braze checks (API key, JSON body, object counts, identifiers, allowed values), keeps each
-user's subscription state, records every request, and can be told to fail: 5xx, 429 with
-`X-RateLimit-Reset`, 401, 400, a hang past the client's timeout, or per-object errors in a 201.
-It is the stand-in for a service the tests cannot reach; it is never loosened to make a test pass.
+`BrazeWorkspace` is Braze itself, without sockets. It checks what Braze checks (API key, JSON body, object counts,
+identifiers, allowed values), keeps each user's subscription state and records every request. With a rate limit
+set, it counts requests in fixed windows that reset on the clock and answers `X-RateLimit-Limit`, `-Remaining` and
+`-Reset` (epoch seconds) on every request, as Braze documents. It can be told to fail: 5xx, 429, 401, 400,
+per-object errors in a 201, or a hang past the client's timeout *after* applying the update (the answer is lost,
+the change is not: the worst case for ordering).
+
+`BrazeEmulator` serves a workspace over HTTP on 127.0.0.1; the in-memory double (`sandbox/memory.py`) calls one
+directly. It is the stand-in for a service the tests cannot reach; it is never loosened to make a test pass.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -35,13 +41,21 @@ class ReceivedRequest:
 
 
 @dataclass
+class Answer:
+    status: int
+    body: dict
+    headers: dict[str, str] = field(default_factory=dict)
+    hang: bool = False  # the answer comes too late for the client (the update itself was applied)
+
+
+@dataclass
 class BrazeUser:
     email_subscribe: str | None = None
     subscription_groups: dict[str, str] = field(default_factory=dict)
     updates: int = 0  # how many attributes objects were applied to this user
 
 
-class BrazeEmulator:
+class BrazeWorkspace:
     def __init__(
         self,
         api_key: str = "local-braze-api-key",
@@ -49,47 +63,25 @@ class BrazeEmulator:
         known_users: tuple[str, ...] = (),
         hang_seconds: float = 2.0,
         rate_limit_reset_in: int = 2,
+        requests_per_window: int | None = None,
+        window_seconds: int = 3,
+        clock: Callable[[], float] = lambda: time.time(),
     ):
         self.api_key = api_key
         self.max_objects = max_objects
         self.hang_seconds = hang_seconds
-        self.rate_limit_reset_in = rate_limit_reset_in
+        self.rate_limit_reset_in = rate_limit_reset_in  # an injected 429's reset, in seconds from now
+        self.requests_per_window = requests_per_window  # None: no limit (Braze's default is 3,000 per 3 s)
+        self.window_seconds = window_seconds
+        self.clock = clock
         self.requests: list[ReceivedRequest] = []
         self.users: dict[str, BrazeUser] = {key: BrazeUser() for key in known_users}
+        self.window_use: dict[int, int] = {}  # window start -> requests counted in it (others' use included)
         self._faults: deque[str] = deque()
         self._random: tuple[random.Random, float, tuple[str, ...]] | None = None
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
     # -- control -------------------------------------------------------------------------------------------
-    def start(self, port: int = 0) -> BrazeEmulator:
-        emulator = self
-
-        class Handler(_Handler):
-            owner = emulator
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), name="braze-emulator", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> BrazeEmulator:
-        return self.start() if self._server is None else self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server, "emulator not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
     def add_user(self, identity_key: str) -> None:
         with self._lock:
             self.users.setdefault(identity_key, BrazeUser())
@@ -105,6 +97,13 @@ class BrazeEmulator:
     def fail_randomly(self, rate: float, seed: int, faults: tuple[str, ...] = FAULTS) -> None:
         self._random = (random.Random(seed), rate, faults)
 
+    def use_capacity(self, requests: int) -> None:
+        """Someone else's requests against the same workspace limit (the customer's other integrations)."""
+        if self.requests_per_window is not None:
+            with self._lock:
+                start = self._window()
+                self.window_use[start] = self.window_use.get(start, 0) + requests
+
     def track_requests(self) -> list[ReceivedRequest]:
         return [r for r in self.requests if r.path == "/users/track"]
 
@@ -112,6 +111,89 @@ class BrazeEmulator:
         return self.users.get(identity_key)
 
     # -- behaviour -----------------------------------------------------------------------------------------
+    def receive(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[ReceivedRequest, Answer]:
+        """One request, recorded, and Braze's answer to it."""
+        request = ReceivedRequest(method, path, {k.lower(): v for k, v in headers.items()}, None)
+        with self._lock:
+            self.requests.append(request)
+        answer = self.handle(request, raw)
+        request.status = answer.status
+        return request, answer
+
+    def handle(self, request: ReceivedRequest, raw: bytes) -> Answer:
+        if request.method != "POST" or request.path != "/users/track":
+            return Answer(404, {"message": "Not Found"})
+        if request.headers.get("authorization", "") != f"Bearer {self.api_key}":
+            return Answer(401, {"message": "Invalid API key"})
+        limit = self._count_against_limit()
+        if limit is not None and int(limit["X-RateLimit-Remaining"]) < 0:
+            return Answer(429, {"message": "Rate limit exceeded"}, {**limit, "X-RateLimit-Remaining": "0"})
+        answer = self._track(request, raw)
+        if limit is not None:
+            answer.headers = {**limit, **answer.headers}
+        return answer
+
+    def _track(self, request: ReceivedRequest, raw: bytes) -> Answer:
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return Answer(400, {"message": "Content-Type must be application/json"})
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return Answer(400, {"message": "Invalid JSON in request body"})
+        request.body = body
+        problem = self._request_problem(body)
+        if problem:
+            return Answer(400, {"message": problem})
+
+        fault = self._next_fault()
+        request.fault = fault
+        if fault in ("500", "503"):
+            return Answer(int(fault), {"message": "Internal Server Error"})
+        if fault == "429":
+            reset = str(int(self.clock()) + self.rate_limit_reset_in)
+            return Answer(
+                429,
+                {"message": "Rate limit exceeded"},
+                {"X-RateLimit-Limit": "3000", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset},
+            )
+        if fault == "401":
+            return Answer(401, {"message": "Invalid API key"})
+        if fault == "400":
+            return Answer(400, {"message": "Bad Request"})
+
+        errors = []
+        processed = 0
+        for index, obj in enumerate(body.get("attributes", [])):
+            problem = "injected item error" if fault == "item_error" and index == 0 else _attribute_problem(obj)
+            if problem:
+                errors.append({"type": problem, "input_array": "attributes", "index": index})
+                continue
+            self._apply(obj)
+            processed += 1
+        answer: dict = {"message": "success", "attributes_processed": processed}
+        if errors:
+            answer["errors"] = errors
+        return Answer(201, answer, hang=fault == "hang")
+
+    def _window(self) -> int:
+        now = int(self.clock())
+        return now - now % self.window_seconds
+
+    def _count_against_limit(self) -> dict[str, str] | None:
+        """Count this request in the current window and say where the window stands (negative: over the limit)."""
+        if self.requests_per_window is None:
+            return None
+        with self._lock:
+            start = self._window()
+            used = self.window_use[start] = self.window_use.get(start, 0) + 1
+            for old in [w for w in self.window_use if w < start - 60]:
+                del self.window_use[old]
+        return {
+            "X-RateLimit-Limit": str(self.requests_per_window),
+            "X-RateLimit-Remaining": str(self.requests_per_window - used),
+            "X-RateLimit-Reset": str(start + self.window_seconds),
+        }
+
     def _next_fault(self) -> str | None:
         with self._lock:
             if self._faults:
@@ -121,58 +203,6 @@ class BrazeEmulator:
                 if rng.random() < rate:
                     return rng.choice(faults)
         return None
-
-    def handle(self, request: ReceivedRequest, raw: bytes) -> tuple[int, dict, dict[str, str]]:
-        if request.method != "POST" or request.path != "/users/track":
-            return 404, {"message": "Not Found"}, {}
-        auth = request.headers.get("authorization", "")
-        if auth != f"Bearer {self.api_key}":
-            return 401, {"message": "Invalid API key"}, {}
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            return 400, {"message": "Content-Type must be application/json"}, {}
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return 400, {"message": "Invalid JSON in request body"}, {}
-        request.body = body
-        problem = self._request_problem(body)
-        if problem:
-            return 400, {"message": problem}, {}
-
-        fault = self._next_fault()
-        request.fault = fault
-        if fault in ("500", "503"):
-            return int(fault), {"message": "Internal Server Error"}, {}
-        if fault == "429":
-            reset = str(int(time.time()) + self.rate_limit_reset_in)
-            return (
-                429,
-                {"message": "Rate limit exceeded"},
-                {"X-RateLimit-Limit": "3000", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset},
-            )
-        if fault == "401":
-            return 401, {"message": "Invalid API key"}, {}
-        if fault == "400":
-            return 400, {"message": "Bad Request"}, {}
-        if fault == "hang":
-            time.sleep(self.hang_seconds)
-            return 503, {"message": "Service Unavailable"}, {}
-
-        objects = body.get("attributes", [])
-        errors = []
-        fail_index = 0 if fault == "item_error" else None
-        processed = 0
-        for index, obj in enumerate(objects):
-            problem = "injected item error" if index == fail_index else _attribute_problem(obj)
-            if problem:
-                errors.append({"type": problem, "input_array": "attributes", "index": index})
-                continue
-            self._apply(obj)
-            processed += 1
-        answer: dict = {"message": "success", "attributes_processed": processed}
-        if errors:
-            answer["errors"] = errors
-        return 201, answer, {}
 
     def _request_problem(self, body: object) -> str | None:
         if not isinstance(body, dict):
@@ -206,6 +236,40 @@ class BrazeEmulator:
             for group in obj.get("subscription_groups", []):
                 user.subscription_groups[group["subscription_group_id"]] = group["subscription_state"]
             user.updates += 1
+
+
+class BrazeEmulator(BrazeWorkspace):
+    """A workspace served over HTTP on 127.0.0.1."""
+
+    _server: ThreadingHTTPServer | None = None
+
+    def start(self, port: int = 0) -> BrazeEmulator:
+        emulator = self
+
+        class Handler(_Handler):
+            owner = emulator
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), name="braze-emulator", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> BrazeEmulator:
+        return self.start() if self._server is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._server, "emulator not started"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
 
 def _attribute_problem(obj: object) -> str | None:
@@ -251,17 +315,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
-        request = ReceivedRequest(method, self.path, {k.lower(): v for k, v in self.headers.items()}, None)
-        with self.owner._lock:
-            self.owner.requests.append(request)
-        status, answer, headers = self.owner.handle(request, raw)
-        request.status = status
-        payload = json.dumps(answer).encode()
+        _, answer = self.owner.receive(method, self.path, dict(self.headers.items()), raw)
+        if answer.hang:
+            time.sleep(self.owner.hang_seconds)
+        payload = json.dumps(answer.body).encode()
         try:
-            self.send_response(status)
+            self.send_response(answer.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
-            for name, value in headers.items():
+            for name, value in answer.headers.items():
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(payload)

@@ -22,7 +22,7 @@ from didomi_braze.domain.braze import TRACK_PATH, attributes_object
 from didomi_braze.domain.connector import ConnectorConfig, parse_connector_document
 from didomi_braze.domain.didomi import parse_webhook
 from didomi_braze.domain.errors import ConfigurationError, InvalidWebhook
-from didomi_braze.domain.mapping import Skip, plan
+from didomi_braze.domain.mapping import Skip, desired, plan, values_of
 
 
 class UsageError(Exception):
@@ -127,12 +127,19 @@ def _preview(args) -> int:
     if isinstance(decision, Skip):
         print(f"no Braze call: skipped ({decision.reason}): {decision.detail}")
         return 0
+    # Without the deployed state table, the user is taken to be new: the connector then sends every field the
+    # event's consents call for. A known user gets only what changes in their merged state.
+    fields = desired(values_of(decision.inputs), config)
+    if not fields:
+        print("no Braze call: the consents this event sets call for no Braze field on their own")
+        return 0
     request = {
         "method": "POST",
         "url": config.server + TRACK_PATH,
         "headers": {"Authorization": "Bearer <api key from the connector document>", "Content-Type": "application/json"},
-        "body": {"attributes": [attributes_object(decision.identity, decision.update, config.upsert_mode)]},
+        "body": {"attributes": [attributes_object(decision.identity, fields, config.upsert_mode)]},
     }
+    print("for a user the connector has not seen before (a known user gets only what changes):", file=sys.stderr)
     print(json.dumps(request, indent=2))
     return 0
 

@@ -23,7 +23,7 @@ from .stack import LocalStack
 from .template import ROOT
 
 DEMO_DELAYS = "1,1,2,2,3"
-PRODUCTION_DELAYS = "30,45,60,75,90"
+PRODUCTION_DELAYS = "30,45,55,65,75"
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,3 @@
 """Didomi → Braze preference sync."""
 
-__version__ = "1.0.0"
+__version__ = "2.0.0"

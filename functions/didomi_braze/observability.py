@@ -6,6 +6,7 @@ that lets an operator follow one user's events without reading who the user is.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 
@@ -16,17 +17,45 @@ logger = Logger()
 metrics = Metrics()
 
 
+class _EmfSink:
+    """Metrics as CloudWatch embedded metric format, flushed by `@metrics.log_metrics` on each invocation."""
+
+    def count(self, name: str, value: int) -> None:
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+
+    def count_by(self, name: str, dimension: str, label: str, value: int) -> None:
+        with single_metric(
+            name=name,
+            unit=MetricUnit.Count,
+            value=value,
+            namespace=metrics.namespace,
+            default_dimensions=metrics.default_dimensions,
+        ) as metric:
+            metric.add_dimension(name=dimension, value=label)
+
+
+_sink = _EmfSink()
+
+
 def count(name: str, value: int = 1) -> None:
-    metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    _sink.count(name, value)
 
 
 def count_by(name: str, dimension: str, label: str, value: int = 1) -> None:
     """A count both in total and split by a low-cardinality label (skip reason, dead-letter reason)."""
-    count(name, value)
-    with single_metric(
-        name=name, unit=MetricUnit.Count, value=value, namespace=metrics.namespace, default_dimensions=metrics.default_dimensions
-    ) as metric:
-        metric.add_dimension(name=dimension, value=label)
+    _sink.count(name, value)
+    _sink.count_by(name, dimension, label, value)
+
+
+@contextlib.contextmanager
+def metrics_to(sink):
+    """Send the counts to `sink` (an object with `count` and `count_by`) instead of CloudWatch, for simulations."""
+    global _sink
+    previous, _sink = _sink, sink
+    try:
+        yield sink
+    finally:
+        _sink = previous
 
 
 def user_ref(key: str, identity_key: str) -> str:

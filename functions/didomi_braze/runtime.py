@@ -7,7 +7,9 @@ again, with its message, by every call to `dependencies()`, and each request ans
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from functools import lru_cache
 
 import boto3
@@ -22,6 +24,7 @@ from .domain.access import AccessPolicy
 from .domain.braze import DEFAULT_OBJECTS_PER_REQUEST, MAX_OBJECTS_PER_REQUEST
 from .domain.errors import ConfigurationError
 from .domain.schedule import RetrySchedule
+from .service.delivery import LEASE_MARGIN_SECONDS, Delivery
 from .service.dependencies import Dependencies
 
 SECRET_MAX_AGE_SECONDS = 300
@@ -45,8 +48,20 @@ def dependencies() -> Dependencies:
     except BotoCoreError as exc:  # no region, say: Lambda always sets one, a local shell may not
         raise ConfigurationError(f"cannot create the AWS clients: {exc}") from None
     store = SecretStore(secretsmanager, max_age=SECRET_MAX_AGE_SECONDS)
+    connector_source = ConnectorSource(store, env.required("CONNECTOR_SECRET_ID"), env.flag("BRAZE_ALLOW_LOOPBACK"))
+    connect_timeout = env.number("BRAZE_CONNECT_TIMEOUT_SECONDS", 2.0)
+    read_timeout = env.number("BRAZE_READ_TIMEOUT_SECONDS", 5.0)
+    braze_seconds = connect_timeout + read_timeout
+    delivery = Delivery(
+        state=StateTable(dynamodb, env.required("STATE_TABLE_NAME")),
+        braze=BrazeClient(connect_timeout=connect_timeout, read_timeout=read_timeout),
+        load_config=lambda force: connector_source.load(force=force),
+        clock=lambda: time.time(),
+        objects_per_request=env.objects_per_request(),
+        braze_seconds=braze_seconds,
+    )
     deps = Dependencies(
-        connector_source=ConnectorSource(store, env.required("CONNECTOR_SECRET_ID"), env.flag("BRAZE_ALLOW_LOOPBACK")),
+        connector_source=connector_source,
         webhook_tokens=WebhookTokens(
             secretsmanager,
             env.required("WEBHOOK_SECRET_ID"),
@@ -56,16 +71,12 @@ def dependencies() -> Dependencies:
         access=AccessPolicy.parse(
             os.environ.get("AUTH_MODE"), os.environ.get("ALLOWED_SOURCE_CIDRS"), os.environ.get("OAUTH_SCOPE")
         ),
-        braze=BrazeClient(
-            connect_timeout=env.number("BRAZE_CONNECT_TIMEOUT_SECONDS", 2.0),
-            read_timeout=env.number("BRAZE_READ_TIMEOUT_SECONDS", 5.0),
-        ),
-        queues=Queues(
+        delivery=delivery,
+        queue=Queues(
             lambda: boto3.client("sqs", config=aws), env.required("RETRY_QUEUE_URL"), env.required("DEAD_LETTER_QUEUE_URL")
         ),
-        state=StateTable(dynamodb, env.required("STATE_TABLE_NAME")),
         schedule=RetrySchedule.parse(os.environ.get("RETRY_DELAYS_SECONDS")),
-        objects_per_request=env.objects_per_request(),
+        webhook_lease_seconds=math.ceil(braze_seconds) + LEASE_MARGIN_SECONDS,
     )
     env.raise_problems()
     return deps

@@ -11,13 +11,15 @@ import pytest
 from freezegun import freeze_time
 
 from didomi_braze.domain.errors import ConfigurationError
-from didomi_braze.domain.mapping import BrazeIdentity, BrazeUpdate
-from didomi_braze.domain.retry import PendingUpdate
+from didomi_braze.domain.mapping import BrazeIdentity, Change
+from didomi_braze.domain.ordering import Position, StoredInput
+from didomi_braze.domain.retry import PendingChange
 from tests.integration.conftest import call_webhook, event_for
 from tests.samples import connector_document, http_event
 
 # Frozen at today's date: moto also expires messages after the queues' retention period, on the same clock.
 START = datetime.now(UTC).replace(microsecond=0)
+SCHEDULE = [30, 75, 130, 195, 270]  # seconds after the first failure, with the default delays
 
 
 def run(clock, worker, seconds: float, step: float = 0.25) -> list[tuple[float, int]]:
@@ -51,16 +53,14 @@ def test_an_event_that_always_fails_is_retried_exactly_five_times_on_schedule_th
 
         calls = run(clock, worker, 400)
 
-    assert on_schedule(calls, [30, 75, 135, 210, 300]), calls
+    assert on_schedule(calls, SCHEDULE), calls
     assert len(braze.track_requests()) == 6  # the webhook's own try, then five retries
     [dead] = parked(aws)
     assert dead["reason"].startswith("retries exhausted after 5 retries; last: braze server error (503)")
-    assert dead["attempts"] == "6" and dead["last_braze_status"] == "503"
+    assert dead["attempts"] == "6" and dead["last_braze_status"] == "503" and dead["category"] == "retries_exhausted"
     assert dead["first_failure_at"] == START.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
-    assert dead["body"]["update"] == {
-        "email_subscribe": "opted_in",
-        "subscription_groups": {"3f1c9a52-7d4e-4b8a-9c61-2e5f0a7b8d13": "subscribed"},
-    }
+    assert dead["body"]["owed"] == ["email_subscribe", "group:3f1c9a52-7d4e-4b8a-9c61-2e5f0a7b8d13"]
+    assert (dead["body"]["failures"], dead["body"]["calls"]) == (0, 0)  # a replay starts a fresh schedule
     assert aws.messages(aws.retry_queue) == []
 
 
@@ -72,7 +72,7 @@ def test_an_event_that_succeeds_on_retry_k_stops_there(aws, braze, worker, k):
 
         calls = run(clock, worker, 400)
 
-    assert on_schedule(calls, [30, 75, 135, 210, 300][:k])
+    assert on_schedule(calls, SCHEDULE[:k])
     assert braze.state("external_id:customer-42").email_subscribe == "opted_in"
     assert parked(aws) == [] and aws.messages(aws.retry_queue) == []
 
@@ -109,6 +109,7 @@ def test_a_per_item_error_parks_only_its_own_message(aws, braze, worker):
     [dead] = parked(aws)
     assert dead["body"]["identity"]["value"] == rejected
     assert dead["reason"] == "braze rejected the object: injected item error" and dead["attempts"] == "2"
+    assert dead["category"] == "braze_rejected"
     assert [u for u in users if braze.state(f"external_id:{u}").updates] == [u for u in users if u != rejected]
 
 
@@ -151,29 +152,66 @@ def test_a_429_in_the_worker_waits_until_braze_s_reset_before_the_next_retry(aws
     assert braze.state("external_id:customer-42").email_subscribe == "opted_in"
 
 
-def test_updates_for_one_user_in_one_batch_are_collapsed_to_the_newest(aws, braze, worker):
+def test_rate_limiting_is_backpressure_it_never_spends_a_retry(aws, braze, worker):
+    """Twenty 429s between the failures: still exactly five retries after failures, and `attempts` counts calls."""
+    braze.rate_limit_reset_in = 20
+    with freeze_time(START) as clock:
+        braze.fail_next("503", *["429"] * 20, *["503"] * 5)
+        call_webhook(http_event("event-created"))
+        run(clock, worker, 20 * 21 + 400, step=1)
+
+    statuses = [r.status for r in braze.track_requests()]
+    assert statuses == [503, *[429] * 20, *[503] * 5]
+    [dead] = parked(aws)
+    assert dead["reason"].startswith("retries exhausted after 5 retries") and dead["attempts"] == "26"
+
+
+def test_a_rate_limit_lasting_half_an_hour_still_ends_in_delivery(aws, braze, worker):
+    braze.rate_limit_reset_in = 60
+    with freeze_time(START) as clock:
+        braze.fail_next(*["429"] * 30)
+        assert call_webhook(http_event("event-created"))[0] == 202
+        run(clock, worker, 31 * 61, step=1)
+
+    assert braze.state("external_id:customer-42").email_subscribe == "opted_in"
+    assert parked(aws) == [] and aws.messages(aws.retry_queue) == []
+
+
+def test_changes_for_one_user_in_one_batch_become_one_object_with_the_newest_state(aws, braze, worker):
     with freeze_time(START) as clock:
         braze.fail_next("503", "503")
-        call_webhook(http_event("event-created"))  # 2026-05-04 12:00: opted in
-        call_webhook(http_event("user-updated"))  # updated_at 2026-05-02: older, unsubscribed
+        assert call_webhook(http_event("event-created"))[0] == 202  # 2026-05-04 12:00: opted in; Braze fails
+        assert call_webhook(event_for("customer-9"))[0] == 202
+        # updated_at 2026-05-02: an older change for the first user, merged beside the lease and superseded
+        assert call_webhook(http_event("user-updated"))[1]["reason"] == "superseded"
         run(clock, worker, 40)
 
     [retry] = braze.track_requests()[2:]
-    assert len(retry.body["attributes"]) == 1
+    assert [o["external_id"] for o in retry.body["attributes"]] == ["customer-42", "customer-9"]
     assert retry.body["attributes"][0]["email_subscribe"] == "opted_in"  # the newer state wins
 
 
-def test_a_401_in_the_worker_picks_up_a_rotated_key_before_the_next_retry(aws, braze, worker):
+def test_a_401_in_the_worker_picks_up_a_rotated_key_for_the_rest_of_the_batch(aws, braze, worker, monkeypatch):
+    from didomi_braze import runtime
+
+    monkeypatch.setattr(runtime.dependencies().delivery, "objects_per_request", 2)  # three requests per batch
+    users = ["customer-42", "customer-7", "customer-9", "user-a", "user-b", "user-c"]
+    for user in users:
+        braze.add_user(f"external_id:{user}")
     with freeze_time(START) as clock:
-        braze.fail_next("503")
-        call_webhook(http_event("event-created"))
+        braze.fail_next(*["503"] * len(users))
+        for user in users:
+            call_webhook(event_for(user))
         braze.api_key = "rotated-key"  # Braze now refuses the cached key
         aws.put_connector(connector_document(braze.url) | {"authentication": {"api_key": "rotated-key", "server": braze.url}})
-        calls = run(clock, worker, 100)
+        run(clock, worker, 35)
 
-    assert on_schedule(calls, [30, 75]), calls
-    assert braze.track_requests()[-1].headers["authorization"] == "Bearer rotated-key"
-    assert braze.state("external_id:customer-42").email_subscribe == "opted_in"
+    retries = braze.track_requests()[len(users) :]
+    assert [(r.status, r.headers["authorization"]) for r in retries] == [
+        (401, "Bearer local-braze-api-key"),
+        (201, "Bearer rotated-key"),
+        (201, "Bearer rotated-key"),
+    ]
 
 
 def test_a_worker_that_crashes_every_time_still_ends_in_the_dead_letter_queue(aws, braze, worker, monkeypatch):
@@ -183,7 +221,7 @@ def test_a_worker_that_crashes_every_time_still_ends_in_the_dead_letter_queue(aw
     with freeze_time(START) as clock:
         braze.fail_next("503")
         call_webhook(http_event("event-created"))
-        monkeypatch.setattr(runtime.dependencies().braze, "track", _crash)
+        monkeypatch.setattr(runtime.dependencies().delivery.braze, "track", _crash)
         crashes = 0
         for _ in range(12 * 400):
             clock.tick(1)
@@ -198,7 +236,7 @@ def test_a_worker_that_crashes_every_time_still_ends_in_the_dead_letter_queue(aw
         aws.sqs.get_queue_attributes(QueueUrl=aws.retry_queue, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"]
     )
     assert crashes == redrive["maxReceiveCount"] == 10
-    assert [json.loads(m["Body"])["event_type"] for m in dead] == ["event.created"]
+    assert [json.loads(m["Body"])["event"]["type"] for m in dead] == ["event.created"]
 
 
 def _crash(*args, **kwargs):
@@ -206,15 +244,14 @@ def _crash(*args, **kwargs):
 
 
 def test_a_retry_for_a_user_braze_does_not_know_is_not_created_without_upsert(aws, braze, worker):
-    pending = PendingUpdate(
-        "e1",
-        "event.created",
+    position = Position("2026-05-04T12:00:00.000000Z", None, "e1")
+    change = Change(
         BrazeIdentity("external_id", "stranger"),
-        BrazeUpdate("opted_in"),
-        "2026-05-04|0",
-        "2026-05-04T12:00:00.000000Z",
-        "braze server error (503)",
+        {"consents_purposes_newsletter_enabled": StoredInput(True, position)},
+        "event.created:e1",
+        "event.created",
     )
+    pending = PendingChange(change, None, "braze server error (503)", "2026-05-04T12:00:00.000000Z", failures=1)
     with freeze_time(START) as clock:
         aws.sqs.send_message(QueueUrl=aws.retry_queue, MessageBody=pending.to_json())
         run(clock, worker, 5)

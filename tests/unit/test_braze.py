@@ -4,10 +4,18 @@ import json
 
 import pytest
 
-from didomi_braze.domain.braze import DELIVERED, PERMANENT, RETRYABLE, attributes_object, classify_response, track_body
-from didomi_braze.domain.mapping import BrazeIdentity, BrazeUpdate
+from didomi_braze.domain.braze import (
+    DELIVERED,
+    PERMANENT,
+    RATE_LIMITED,
+    RETRYABLE,
+    attributes_object,
+    classify_response,
+    track_body,
+)
+from didomi_braze.domain.mapping import BrazeIdentity
 
-UPDATE = BrazeUpdate("opted_in", {"g2": "unsubscribed", "g1": "subscribed"})
+UPDATE = {"email_subscribe": "opted_in", "group:g2": "unsubscribed", "group:g1": "subscribed"}
 
 
 def test_attributes_object_has_the_documented_shape():
@@ -24,7 +32,7 @@ def test_attributes_object_has_the_documented_shape():
 
 
 def test_upsert_mode_lets_braze_create_the_profile_and_email_can_identify_the_user():
-    obj = attributes_object(BrazeIdentity("email", "ada@example.com"), BrazeUpdate("unsubscribed"), upsert_mode=True)
+    obj = attributes_object(BrazeIdentity("email", "ada@example.com"), {"email_subscribe": "unsubscribed"}, upsert_mode=True)
     assert obj == {"email": "ada@example.com", "email_subscribe": "unsubscribed"}
 
 
@@ -60,9 +68,9 @@ def test_a_2xx_without_success_is_a_failure_and_is_retried(body):
 
 
 @pytest.mark.parametrize("header", ["X-RateLimit-Reset", "x-ratelimit-reset", "X-RATELIMIT-RESET"])
-def test_429_is_retried_no_earlier_than_the_reset_header_whatever_its_case(header):
+def test_429_is_backpressure_waiting_for_the_reset_header_whatever_its_case(header):
     outcome = _classify(429, {"message": "rate limited"}, {header: "1777777777"})
-    assert outcome.kind == RETRYABLE and outcome.retry_at == 1777777777.0
+    assert outcome.kind == RATE_LIMITED and outcome.retry_at == 1777777777.0
 
 
 def test_429_without_a_usable_reset_header_follows_the_schedule():

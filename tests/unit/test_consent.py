@@ -69,25 +69,65 @@ def test_absent_consents_resolve_everything_to_null():
 
 
 @pytest.mark.parametrize(
-    ("consents", "path"),
+    ("consents", "read", "path"),
     [
-        ({"purposes": {"id": "x"}}, "consents.purposes must be a list"),
-        ({"purposes": ["x"]}, "consents.purposes[0] must be an object"),
-        ({"purposes": [{"enabled": True}]}, "consents.purposes[0].id must be a non-empty string"),
-        ({"purposes": [{"id": "n", "enabled": "true"}]}, "consents.purposes[0].enabled must be true, false or null"),
+        ({"purposes": {"id": "x"}}, "consents_purposes_x_enabled", "consents.purposes must be a list"),
+        (
+            {"purposes": [{"id": "n", "enabled": "true"}]},
+            "consents_purposes_n_enabled",
+            "consents.purposes[0].enabled must be true, false or null",
+        ),
         (
             {"purposes": [{"id": "n", "values": {"t": "a,b"}}]},
+            "consents_purposes_n_values_t_a_enabled",
             'consents.purposes[0].values.t must be an object like {"value": "a,b"}',
         ),
-        ({"purposes": [{"id": "n", "values": {"t": {"value": 3}}}]}, "consents.purposes[0].values.t.value must be a string"),
+        (
+            {"purposes": [{"id": "n", "values": {"t": {"value": 3}}}]},
+            "consents_purposes_n_values_t_a_enabled",
+            "consents.purposes[0].values.t.value must be a string",
+        ),
+        (
+            {"purposes": [{"id": "n", "values": ["t"]}]},
+            "consents_purposes_n_values_t_a_enabled",
+            "consents.purposes[0].values must be an object",
+        ),
         (
             {"purposes": [{"id": "n", "preferences": [{"id": "p", "channels": [{"id": "e", "enabled": 1}]}]}]},
+            "consents_purposes_n_preferences_p_channel_e_enabled",
             "consents.purposes[0].preferences[0].channels[0].enabled must be true, false or null",
         ),
-        ({"channels": [{"id": 5, "enabled": True}]}, "consents.channels[0].id must be a non-empty string"),
+        ({"channels": "email"}, "consents_channels_email_enabled", "consents.channels must be a list"),
+        ([], "consents_channels_email_enabled", "consents must be an object"),
     ],
 )
-def test_wrong_shapes_are_rejected_with_the_path_of_the_problem(consents, path):
+def test_a_malformed_part_a_mapping_reads_is_rejected_with_its_path(consents, read, path):
+    state = parse_consents(consents, "consents")
     with pytest.raises(InvalidWebhook) as raised:
-        parse_consents(consents, "consents")
+        state.resolve(read)
     assert str(raised.value) == path
+
+
+def test_malformed_parts_no_mapping_reads_do_not_matter():
+    # Be liberal: Didomi may add fields, and one broken purpose must not block a change the connector can apply.
+    state = parse_consents(
+        {
+            "purposes": [
+                {"id": "analytics", "enabled": "yes", "values": "all", "preferences": "x"},
+                "not-a-purpose",
+                {"enabled": True},  # no id: no mapping can name it
+                {"id": 7, "enabled": True},
+                {"id": "newsletter", "enabled": False},
+            ],
+            "channels": "unexpected",
+            "tcfcs": 42,
+        },
+        "consents",
+    )
+    assert state.resolve("consents_purposes_newsletter_enabled") is False
+    assert state.resolve("consents_purposes_offers_values_topics_sales_enabled") is None
+
+
+def test_the_first_entry_with_an_id_is_the_one_a_mapping_reads():
+    state = parse_consents({"purposes": [{"id": "n", "enabled": True}, {"id": "n", "enabled": "junk"}]}, "consents")
+    assert state.resolve("consents_purposes_n_enabled") is True

@@ -1,4 +1,4 @@
-"""The mapping semantics: the email truth table, subscription groups, and sending only changes."""
+"""The mapping semantics: the email truth table, subscription groups, and what each event carries."""
 
 import itertools
 import json
@@ -6,14 +6,17 @@ import json
 import pytest
 
 from didomi_braze.domain.connector import parse_connector_document
-from didomi_braze.domain.consent import ConsentState
 from didomi_braze.domain.didomi import parse_webhook
-from didomi_braze.domain.mapping import BrazeUpdate, Push, Skip, plan, update_for
+from didomi_braze.domain.errors import InvalidWebhook
+from didomi_braze.domain.mapping import Change, Skip, desired, field_inputs, fields_reading, plan, values_of
 from tests.samples import connector_document, didomi_body
 
 CONFIG = parse_connector_document(json.dumps(connector_document("EU-01")))
 SALES = "3f1c9a52-7d4e-4b8a-9c61-2e5f0a7b8d13"
 WEEKLY = "9b2e4d61-0c3a-4f7e-8d15-6a9c1b3e5f27"
+NEWSLETTER = "consents_purposes_newsletter_enabled"
+SALES_VALUE = "consents_purposes_offers_values_topics_sales_enabled"
+WEEKLY_VALUE = "consents_purposes_product_updates_values_frequency_weekly_enabled"
 OPT, UNSUB = "consents_purposes_o_enabled", "consents_purposes_u_enabled"
 
 
@@ -35,13 +38,12 @@ def _expected_email(o, u):
 
 @pytest.mark.parametrize(("o", "u"), list(itertools.product([True, False, None], repeat=2)))
 def test_email_truth_table_first_matching_row_wins(o, u):
-    answers = {k: v for k, v in ((OPT, o), (UNSUB, u)) if v is not None}
-    update = update_for(ConsentState(answers), _config(OPTED_IN=OPT, UNSUBSCRIBED=UNSUB))
-    assert update.email_subscribe == _expected_email(o, u)
+    values = {k: v for k, v in ((OPT, o), (UNSUB, u)) if v is not None}
+    assert desired(values, _config(OPTED_IN=OPT, UNSUBSCRIBED=UNSUB)).get("email_subscribe") == _expected_email(o, u)
 
 
 @pytest.mark.parametrize(
-    ("mapped", "answers", "expected"),
+    ("mapped", "values", "expected"),
     [
         ({"OPTED_IN": OPT}, {OPT: True}, "opted_in"),
         ({"OPTED_IN": OPT}, {OPT: False}, "subscribed"),  # o false, no UNSUBSCRIBED mapping
@@ -50,50 +52,78 @@ def test_email_truth_table_first_matching_row_wins(o, u):
         ({"sg": OPT}, {OPT: True}, None),  # no email mapping at all: email_subscribe never sent
     ],
 )
-def test_email_with_only_one_of_the_two_mappings(mapped, answers, expected):
-    assert update_for(ConsentState(answers), _config(**mapped)).email_subscribe == expected
+def test_email_with_only_one_of_the_two_mappings(mapped, values, expected):
+    assert desired(values, _config(**mapped)).get("email_subscribe") == expected
 
 
 @pytest.mark.parametrize(("enabled", "state"), [(True, "subscribed"), (False, "unsubscribed"), (None, None)])
 def test_subscription_group_follows_its_consent_and_null_sends_nothing(enabled, state):
-    answers = {OPT: enabled} if enabled is not None else {}
-    update = update_for(ConsentState(answers), _config(**{"group-1": OPT}))
-    assert update.subscription_groups == ({"group-1": state} if state else {})
+    values = {OPT: enabled} if enabled is not None else {}
+    assert desired(values, _config(**{"group-1": OPT})) == ({"group:group-1": state} if state else {})
 
 
-def test_changes_since_keeps_only_differing_fields_and_never_sends_a_field_that_became_null():
-    old = BrazeUpdate("opted_in", {"a": "subscribed", "b": "subscribed", "c": "subscribed"})
-    new = BrazeUpdate("opted_in", {"a": "unsubscribed", "b": "subscribed"})
-    assert new.changes_since(old) == BrazeUpdate(None, {"a": "unsubscribed"})
+def test_the_truth_table_reads_merged_inputs_so_a_later_partial_event_keeps_an_unsubscribe():
+    # DESIGN §3's example: OPTED_IN <- marketing, UNSUBSCRIBED <- newsletter. Withdrawing marketing after
+    # newsletter leaves o = false, u = false: still unsubscribed, not "subscribed" as the event alone would say.
+    config = _config(OPTED_IN=OPT, UNSUBSCRIBED=UNSUB)
+    assert desired({UNSUB: False}, config)["email_subscribe"] == "unsubscribed"
+    assert desired({UNSUB: False, OPT: False}, config)["email_subscribe"] == "unsubscribed"
+    assert desired({OPT: False}, config)["email_subscribe"] == "subscribed"  # the event alone
+    assert desired({UNSUB: True, OPT: False}, config)["email_subscribe"] == "subscribed"
 
 
-def _plan(name):
-    return plan(parse_webhook(didomi_body(name)), CONFIG)
+def test_each_field_knows_the_inputs_it_reads():
+    assert field_inputs(CONFIG) == {
+        "email_subscribe": (NEWSLETTER, NEWSLETTER),
+        f"group:{SALES}": (SALES_VALUE,),
+        f"group:{WEEKLY}": (WEEKLY_VALUE,),
+    }
+    assert fields_reading([NEWSLETTER], CONFIG) == {"email_subscribe"}
+    assert CONFIG.inputs == (NEWSLETTER, SALES_VALUE, WEEKLY_VALUE)
 
 
-def test_user_created_sends_every_non_null_field():
+def _plan(name, body=None):
+    return plan(parse_webhook(body or didomi_body(name)), CONFIG)
+
+
+def _carried(decision):
+    assert isinstance(decision, Change), decision
+    return values_of(decision.inputs)
+
+
+def test_user_created_carries_every_non_null_input():
     decision = _plan("user-created")
-    assert isinstance(decision, Push)
     assert decision.identity.key == "external_id:customer-7"
-    assert decision.update == BrazeUpdate("opted_in", {SALES: "subscribed", WEEKLY: "subscribed"})
+    assert _carried(decision) == {NEWSLETTER: True, SALES_VALUE: True, WEEKLY_VALUE: True}
 
 
-def test_user_updated_sends_only_what_changed():
-    # newsletter true -> false; the weekly digest is unchanged, so only the email state is sent
-    assert _plan("user-updated").update == BrazeUpdate("unsubscribed", {})
+def test_user_updated_carries_only_what_changed_between_old_and_new():
+    # newsletter true -> false; the weekly digest is unchanged, so it is not a change of this event
+    assert _carried(_plan("user-updated")) == {NEWSLETTER: False}
 
 
-def test_confirmed_event_created_sends_every_non_null_field():
-    assert _plan("event-created").update == BrazeUpdate("opted_in", {SALES: "subscribed"})
+def test_user_updated_without_old_entity_carries_its_full_state():
+    body = didomi_body("user-updated")
+    del body["parameters"]["old_entity"]
+    assert _carried(_plan("", body)) == {NEWSLETTER: False, WEEKLY_VALUE: True}
 
 
-def test_event_updated_from_pending_to_confirmed_sends_every_field():
-    # topics is "news": the sales group's preference is present without "sales"
-    assert _plan("event-updated-confirmed").update == BrazeUpdate("opted_in", {SALES: "unsubscribed"})
+def test_confirmed_event_created_carries_every_non_null_input():
+    assert _carried(_plan("event-created")) == {NEWSLETTER: True, SALES_VALUE: True}
 
 
-def test_event_updated_between_two_confirmed_states_sends_only_the_change():
-    assert _plan("event-updated").update == BrazeUpdate(None, {SALES: "subscribed"})
+def test_event_updated_from_pending_to_confirmed_carries_everything():
+    # topics is "news": the sales preference is present without "sales"
+    assert _carried(_plan("event-updated-confirmed")) == {NEWSLETTER: True, SALES_VALUE: False}
+
+
+def test_event_updated_between_two_confirmed_states_carries_only_the_change():
+    assert _carried(_plan("event-updated")) == {SALES_VALUE: True}
+
+
+def test_every_input_of_one_event_shares_the_event_s_position():
+    decision = _plan("user-created")
+    assert len({stored.position for stored in decision.inputs.values()}) == 1
 
 
 @pytest.mark.parametrize(
@@ -110,22 +140,41 @@ def test_skipped_sample_events_say_why(name, reason):
     assert isinstance(decision, Skip) and decision.reason == reason and decision.detail
 
 
+def test_skipped_events_need_no_timestamp():
+    body = didomi_body("event-deleted")
+    body["parameters"]["entity"].pop("created_at")
+    assert _plan("", body).reason == "deleted"
+
+
 def test_an_event_without_organization_user_id_is_skipped():
     body = didomi_body("event-created")
     del body["parameters"]["entity"]["user"]["organization_user_id"]
-    assert plan(parse_webhook(body), CONFIG).reason == "no_user_id"
+    assert _plan("", body).reason == "no_user_id"
 
 
 def test_an_update_that_changes_nothing_mapped_is_skipped_as_no_change():
     body = didomi_body("user-updated")
     body["parameters"]["new_entity"]["consents"] = body["parameters"]["old_entity"]["consents"]
-    assert plan(parse_webhook(body), CONFIG).reason == "no_change"
+    assert _plan("", body).reason == "no_change"
 
 
 def test_a_pending_update_of_a_confirmed_event_is_not_pushed():
     body = didomi_body("event-updated")
     body["parameters"]["new_entity"]["status"] = "pending_approval"
-    assert plan(parse_webhook(body), CONFIG).reason == "pending"
+    assert _plan("", body).reason == "pending"
+
+
+def test_a_malformed_consent_a_mapping_reads_rejects_the_event_naming_it():
+    body = didomi_body("event-created")
+    body["parameters"]["entity"]["consents"]["purposes"][0]["enabled"] = "yes"
+    with pytest.raises(InvalidWebhook, match=r"parameters.entity.consents.purposes\[0\].enabled must be true, false or null"):
+        _plan("", body)
+
+
+def test_a_malformed_old_state_counts_as_a_change_rather_than_rejecting_the_event():
+    body = didomi_body("user-updated")
+    body["parameters"]["old_entity"]["consents"]["purposes"][0]["enabled"] = "yes"
+    assert _carried(_plan("", body)) == {NEWSLETTER: False}
 
 
 def test_email_identifier_uses_the_organization_user_id_as_braze_email():
@@ -141,4 +190,4 @@ def test_configured_non_gdpr_regulations_are_applied():
     doc = connector_document("EU-01")
     doc["properties"]["regulations"] = ["gdpr", "cpra"]
     decision = plan(parse_webhook(didomi_body("event-created-cpra")), parse_connector_document(json.dumps(doc)))
-    assert decision.update.email_subscribe == "unsubscribed"
+    assert _carried(decision) == {NEWSLETTER: False}

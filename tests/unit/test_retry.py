@@ -1,28 +1,31 @@
-"""The retry schedule, the retry message, and collapsing a batch into few Braze objects."""
+"""The retry schedule, the retry message, and grouping a batch by user."""
 
 import itertools
+import json
 
 import pytest
 
 from didomi_braze.domain.errors import ConfigurationError, MalformedRetryMessage
-from didomi_braze.domain.mapping import BrazeIdentity, BrazeUpdate
-from didomi_braze.domain.retry import PendingUpdate, chunks, collapse
+from didomi_braze.domain.mapping import BrazeIdentity, Change
+from didomi_braze.domain.ordering import Position, StoredInput
+from didomi_braze.domain.retry import PendingChange, by_user
 from didomi_braze.domain.schedule import RetrySchedule
 
 
-def test_default_schedule_retries_five_times_the_last_300_s_after_the_first_failure():
+def test_default_schedule_retries_five_times_the_fifth_270_s_after_the_first_failure():
+    # 30 s of slack for the batching window and polling keeps the fifth retry inside Didomi's five minutes
     schedule = RetrySchedule.parse(None)
-    delays = [schedule.first_delay(0)] + [schedule.delay_after(k, 0) for k in range(1, 5)]
-    assert list(itertools.accumulate(delays)) == [30, 75, 135, 210, 300]
-    assert schedule.delay_after(5, 0) is None
+    delays = [schedule.delay_after_failure(n) for n in range(1, 6)]
+    assert list(itertools.accumulate(delays)) == [30, 75, 130, 195, 270]
+    assert schedule.delay_after_failure(6) is None and schedule.delay_after_failure(0) is None
 
 
-def test_a_rate_limit_reset_pushes_the_next_retry_later_never_earlier_and_caps_at_900_s():
-    schedule = RetrySchedule.parse("30,45,60,75,90")
-    assert schedule.first_delay(now=1000, retry_at=1100) == 100
-    assert schedule.first_delay(now=1000, retry_at=1001) == 30
-    assert schedule.delay_after(2, now=1000, retry_at=1000 + 5000) == 900
-    assert schedule.delay_after(1, now=1000, retry_at=1044.2) == 45
+def test_waiting_for_a_rate_limit_reset_or_a_lease_is_at_least_one_second_and_at_most_900():
+    assert RetrySchedule.wait_until(1100, now=1000) == 100
+    assert RetrySchedule.wait_until(1000.2, now=1000) == 1
+    assert RetrySchedule.wait_until(999, now=1000) == 1
+    assert RetrySchedule.wait_until(1000 + 5000, now=1000) == 900
+    assert RetrySchedule.wait_until(None, now=1000, at_least=30) == 30
 
 
 @pytest.mark.parametrize(
@@ -40,21 +43,35 @@ def test_invalid_schedules_are_refused_with_a_clear_message(text, message):
         RetrySchedule.parse(text)
 
 
-def _pending(user, order, email=None, groups=None, event="e"):
-    return PendingUpdate(
-        event,
-        "user.updated",
+POSITION = Position("2026-05-02T09:15:22.300000Z", None, "ev-1")
+
+
+def _pending(user="customer-42", owed=("email_subscribe",), **counts) -> PendingChange:
+    change = Change(
         BrazeIdentity("external_id", user),
-        BrazeUpdate(email, groups or {}),
-        order,
-        "2026-05-02T09:15:22.000000Z",
-        "braze server error (503)",
+        {"consents_purposes_newsletter_enabled": StoredInput(False, POSITION)},
+        "event.created:ev-1",
+        "event.created",
     )
+    return PendingChange(change, owed, "braze server error (503)", "2026-05-02T09:15:23.000000Z", **counts)
 
 
-def test_a_retry_message_survives_the_round_trip_through_json():
-    pending = _pending("customer-42", "2026|7", "opted_in", {"g": "subscribed"})
-    assert PendingUpdate.from_json(pending.to_json()) == pending
+def test_a_retry_message_carries_the_change_not_a_braze_update_and_survives_json():
+    pending = _pending(failures=2, calls=3, first_failure_at="2026-05-02T09:15:23.000000Z")
+    assert PendingChange.from_json(pending.to_json()) == pending
+    body = json.loads(pending.to_json())
+    assert body["inputs"] == {"consents_purposes_newsletter_enabled": False} and "email_subscribe" not in body["inputs"]
+
+
+def test_a_parked_body_starts_a_fresh_schedule_when_replayed():
+    parked = _pending(failures=6, calls=6, first_failure_at="x").ready_to_replay()
+    assert (parked.failures, parked.calls, parked.first_failure_at) == (0, 0, None)
+
+
+def _tampered(**changes) -> str:
+    body = json.loads(_pending().to_json())
+    body.update(changes)
+    return json.dumps(body)
 
 
 @pytest.mark.parametrize(
@@ -64,29 +81,24 @@ def test_a_retry_message_survives_the_round_trip_through_json():
         "not json",
         "[]",
         '{"version": 1}',
-        '{"version": 2, "event_id": "e"}',
-        _pending("u", "1").to_json().replace('"external_id"', '"braze_id"'),
-        _pending("u", "1").to_json(),
-    ],  # no update at all
+        _tampered(version=1),
+        _tampered(identity={"kind": "braze_id", "value": "x"}),
+        _tampered(identity={"kind": "external_id", "value": ""}),
+        _tampered(inputs={}),
+        _tampered(inputs={"x": "yes"}),
+        _tampered(failures=-1),
+        _tampered(position={"time": "t"} | {"version": "seven"}),
+    ],
 )
 def test_a_message_this_connector_did_not_write_is_malformed(body):
     with pytest.raises(MalformedRetryMessage):
-        PendingUpdate.from_json(body)
+        PendingChange.from_json(body)
 
 
-def test_updates_of_one_user_collapse_into_one_object_with_the_newest_value_of_each_field():
-    messages = [
-        ("m2", _pending("a", "2026-05-02|2", "unsubscribed")),
-        ("m1", _pending("a", "2026-05-01|1", "opted_in", {"g1": "subscribed"})),
-        ("m3", _pending("b", "2026-05-01|1", "opted_in")),
-    ]
-    items = {item.identity.value: item for item in collapse(messages)}
-    assert len(items) == 2
-    assert items["a"].update == BrazeUpdate("unsubscribed", {"g1": "subscribed"})
-    assert items["a"].message_ids == ("m1", "m2")
-    assert items["b"].message_ids == ("m3",)
-
-
-def test_chunks_never_exceed_the_request_size():
-    items = collapse([(f"m{i}", _pending(f"u{i}", "1", "opted_in")) for i in range(120)])
-    assert [len(c) for c in chunks(items, 50)] == [50, 50, 20]
+def test_a_batch_groups_by_user_keeping_every_change_and_what_failed_calls_owe():
+    messages = [("m1", _pending("a")), ("m2", _pending("b", owed=None)), ("m3", _pending("a", owed=("group:g",)))]
+    work = {w.identity.value: w for w in by_user(messages)}
+    assert work["a"].tags == ["m1", "m3"] and len(work["a"].changes) == 2
+    assert work["a"].owed == {"email_subscribe", "group:g"}
+    assert work["a"].accounted == {"consents_purposes_newsletter_enabled"}
+    assert work["b"].owed == set() and work["b"].accounted == set()  # judged by the merge, like a webhook

@@ -15,7 +15,8 @@ class BrazeClient:
     def __init__(self, connect_timeout: float = 2.0, read_timeout: float = 5.0, pool: urllib3.PoolManager | None = None):
         # Retries are ours to schedule (SQS), never urllib3's: a hidden retry would hold the webhook open.
         self._pool = pool or urllib3.PoolManager(num_pools=4, maxsize=10, retries=False)
-        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        # `total` bounds the whole call, so that a lease taken for it reliably outlives it.
+        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout, total=connect_timeout + read_timeout)
 
     def track(self, server: str, api_key: str, objects: list[dict]) -> BrazeOutcome:
         """POST the attributes objects to `/users/track` and classify the answer."""

@@ -1,41 +1,25 @@
-"""DynamoDB: per Braze user, the position of the value Braze was last given for each field, the events waiting
-on the retry queue, and a short lease so that only one invocation at a time sends a user's update to Braze.
+"""DynamoDB: the `StateStore` port. One item per Braze user (keyed by a hash of the user), holding the merged
+Didomi state (one attribute `in:<mapping value>` per input: value, position), a revision counter, and a short
+lease so that only one invocation at a time sends the user's update to Braze.
 
-Every write is one conditional UpdateItem: there is no read-then-write window.
+A claim is one conditional `UpdateItem` that returns the item as it was (`ALL_OLD`, and the same on a failed
+condition): the read and the write are one round trip, with no window between them.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from decimal import Decimal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-TTL_SECONDS = 400 * 24 * 3600  # a user silent for over a year loses its ordering record (see README)
+from ..domain.errors import StateUnavailable
+from ..domain.ordering import Position, StoredInput
+from ..domain.ports import AtRevision, Claimed, NotNewerThan, Refused, UserRecord
 
-
-class StateTableUnavailable(Exception):
-    """The table could not be read or written: nothing may be applied, since its order cannot be checked."""
-
-
-@dataclass(frozen=True)
-class UserState:
-    """What the table holds for one user, read while holding the lease."""
-
-    positions: dict[str, str]
-    pending: frozenset[str]
-
-
-@dataclass(frozen=True)
-class Busy:
-    """Another invocation holds the user's lease; `lease_position` is the event it is sending."""
-
-    lease_position: str | None
-
-
-def user_key(identity_key: str) -> str:
-    """The table key: a hash, so the table holds no user id in clear."""
-    return hashlib.sha256(identity_key.encode()).hexdigest()
+TTL_SECONDS = 400 * 24 * 3600  # a user silent for over a year loses its merged state (see README)
+INPUT_PREFIX = "in:"
+MAX_CONDITION_LENGTH = 3800  # DynamoDB allows 4 KB per expression
 
 
 class StateTable:
@@ -43,83 +27,147 @@ class StateTable:
         self._ddb = client
         self._table = table_name
 
-    def acquire(self, key: str, owner: str, position: str, now: float, lease_seconds: int) -> UserState | Busy:
-        """Take the user's lease if nobody holds it (or theirs ran out) and read the user's state."""
-        try:
-            item = self._ddb.update_item(
-                TableName=self._table,
-                Key={"user_key": {"S": key}},
-                UpdateExpression=(
-                    "SET lease_owner = :owner, lease_until = :until, lease_position = :position, "
-                    "positions = if_not_exists(positions, :empty), expires_at = :expires"
-                ),
-                ConditionExpression="attribute_not_exists(lease_until) OR lease_until < :now",
-                ExpressionAttributeValues={
-                    ":owner": {"S": owner},
-                    ":until": {"N": str(int(now) + lease_seconds)},
-                    ":position": {"S": position},
-                    ":empty": {"M": {}},
-                    ":expires": {"N": str(int(now) + TTL_SECONDS)},
-                    ":now": {"N": str(int(now))},
-                },
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )["Attributes"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                held = exc.response.get("Item") or {}
-                return Busy(held.get("lease_position", {}).get("S"))
-            raise StateTableUnavailable(_describe(exc)) from None
-        except BotoCoreError as exc:
-            raise StateTableUnavailable(_describe(exc)) from None
-        positions = {name: value["S"] for name, value in item.get("positions", {}).get("M", {}).items()}
-        return UserState(positions, frozenset(item.get("pending", {}).get("SS", [])))
-
-    def finish(
+    def claim(
         self,
         key: str,
-        owner: str,
+        inputs: Mapping[str, StoredInput],
+        owner: str | None,
+        event: str,
         now: float,
-        commit: dict[str, str] | None = None,
-        add_pending: str | None = None,
-        remove_pending: list[str] | None = None,
-    ) -> bool:
-        """Record what Braze was given and which events wait on the retry queue, and give the lease back.
-
-        Returns False when the lease had been lost (held longer than its time): nothing is written then.
-        """
-        sets = ["expires_at = :expires"]
+        lease_until: float,
+        expect: NotNewerThan | AtRevision,
+    ) -> Claimed | Refused:
         names: dict[str, str] = {}
-        values: dict[str, dict] = {":owner": {"S": owner}, ":expires": {"N": str(int(now) + TTL_SECONDS)}}
-        for i, (name, position) in enumerate(sorted((commit or {}).items())):
-            names[f"#f{i}"] = name
-            values[f":p{i}"] = {"S": position}
-            sets.append(f"positions.#f{i} = :p{i}")
-        expression = "SET " + ", ".join(sets) + " REMOVE lease_owner, lease_until, lease_position"
-        if add_pending:
-            expression += " ADD pending :add"
-            values[":add"] = {"SS": [add_pending]}
-        elif remove_pending:
-            expression += " DELETE pending :remove"
-            values[":remove"] = {"SS": sorted(set(remove_pending))}
+        values: dict[str, dict] = {
+            ":one": {"N": "1"},
+            ":zero": {"N": "0"},
+            ":expires": {"N": str(int(now) + TTL_SECONDS)},
+        }
+        sets = ["revision = if_not_exists(revision, :zero) + :one", "expires_at = :expires"]
+        conditions: list[str] = []
+        if owner is not None:
+            sets += ["lease_owner = :owner", "lease_until = :until", "lease_event = :event"]
+            values.update({":owner": {"S": owner}, ":until": {"N": _number(lease_until)}, ":event": {"S": event[:500]}})
+            values[":now"] = {"N": _number(now)}
+            conditions.append("(attribute_not_exists(lease_until) OR lease_until < :now)")
+        for i, (name, stored) in enumerate(sorted(inputs.items())):
+            names[f"#i{i}"] = INPUT_PREFIX + name
+            values[f":i{i}"] = {"M": _input_item(stored)}
+            sets.append(f"#i{i} = :i{i}")
+            if isinstance(expect, NotNewerThan):
+                conditions.append(_not_newer(i, stored.position, values))
+        if isinstance(expect, AtRevision):
+            if expect.revision:
+                values[":revision"] = {"N": str(expect.revision)}
+                conditions.append("revision = :revision")
+            else:
+                conditions.append("attribute_not_exists(revision)")
+        condition = " AND ".join(conditions)
+        if len(condition) > MAX_CONDITION_LENGTH and isinstance(expect, NotNewerThan):
+            # Too many inputs to check in one expression: read, and merge on the revision read.
+            return Refused(self.read(key) or UserRecord())
         request = {
             "TableName": self._table,
             "Key": {"user_key": {"S": key}},
-            "UpdateExpression": expression,
-            "ConditionExpression": "lease_owner = :owner",
+            "UpdateExpression": "SET " + ", ".join(sets),
             "ExpressionAttributeValues": values,
+            "ReturnValues": "ALL_OLD",
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
+        if condition:
+            request["ConditionExpression"] = condition
         if names:
             request["ExpressionAttributeNames"] = names
         try:
+            item = self._ddb.update_item(**request).get("Attributes") or {}
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                return Refused(record_of(exc.response.get("Item") or {}))
+            raise StateUnavailable(_describe(exc)) from None
+        except BotoCoreError as exc:
+            raise StateUnavailable(_describe(exc)) from None
+        return Claimed(record_of(item))
+
+    def release(self, key: str, owner: str, quiet: tuple[str, ...] = ()) -> bool:
+        request = {
+            "TableName": self._table,
+            "Key": {"user_key": {"S": key}},
+            "UpdateExpression": "REMOVE lease_owner, lease_until, lease_event",
+            "ConditionExpression": "lease_owner = :owner",
+            "ExpressionAttributeValues": {":owner": {"S": owner}},
+        }
+        if quiet:
+            request["ExpressionAttributeNames"] = {f"#q{i}": INPUT_PREFIX + name for i, name in enumerate(quiet)}
+            request["ExpressionAttributeValues"][":quiet"] = {"BOOL": True}
+            marks = ", ".join(f"#q{i}.q = :quiet" for i in range(len(quiet)))
+            request["UpdateExpression"] = f"SET {marks} " + request["UpdateExpression"]
+            request["ConditionExpression"] += "".join(f" AND attribute_exists(#q{i})" for i in range(len(quiet)))
+        try:
             self._ddb.update_item(**request)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if _code(exc) == "ConditionalCheckFailedException":
                 return False
-            raise StateTableUnavailable(_describe(exc)) from None
+            raise StateUnavailable(_describe(exc)) from None
         except BotoCoreError as exc:
-            raise StateTableUnavailable(_describe(exc)) from None
+            raise StateUnavailable(_describe(exc)) from None
         return True
+
+    def read(self, key: str) -> UserRecord | None:
+        try:
+            item = self._ddb.get_item(TableName=self._table, Key={"user_key": {"S": key}}, ConsistentRead=True).get("Item")
+        except (ClientError, BotoCoreError) as exc:
+            raise StateUnavailable(_describe(exc)) from None
+        return record_of(item) if item else None
+
+
+def _not_newer(i: int, position: Position, values: dict) -> str:
+    """The state table's half of `ordering.stored_not_newer`, for input number i."""
+    values[f":p{i}"] = {"S": position.key}
+    clause = f"#i{i}.p <= :p{i}"
+    if position.version is not None:
+        values[f":n{i}"] = {"N": _number(position.version)}
+        values[f":u{i}"] = {"S": position.entity}
+        clause += f" AND (attribute_not_exists(#i{i}.n) OR #i{i}.u <> :u{i} OR #i{i}.n <= :n{i})"
+    return f"(attribute_not_exists(#i{i}) OR ({clause}))"
+
+
+def _input_item(stored: StoredInput) -> dict:
+    position = stored.position
+    item = {
+        "v": {"BOOL": stored.value},
+        "q": {"BOOL": stored.quiet},
+        "p": {"S": position.key},
+        "t": {"S": position.time},
+        "u": {"S": position.entity},
+    }
+    if position.version is not None:
+        item["n"] = {"N": _number(position.version)}
+    return item
+
+
+def record_of(item: Mapping) -> UserRecord:
+    inputs = {}
+    for name, attribute in item.items():
+        if name.startswith(INPUT_PREFIX) and "M" in attribute:
+            raw = attribute["M"]
+            version = Decimal(raw["n"]["N"]) if "n" in raw else None
+            position = Position(raw["t"]["S"], version, raw["u"]["S"])
+            inputs[name[len(INPUT_PREFIX) :]] = StoredInput(raw["v"]["BOOL"], position, raw.get("q", {}).get("BOOL", False))
+    return UserRecord(
+        inputs=inputs,
+        revision=int(item.get("revision", {}).get("N", "0")),
+        lease_owner=item.get("lease_owner", {}).get("S"),
+        lease_until=float(item.get("lease_until", {}).get("N", "0")),
+        lease_event=item.get("lease_event", {}).get("S"),
+    )
+
+
+def _number(value: float | Decimal) -> str:
+    return format(Decimal(str(value)).normalize(), "f")
+
+
+def _code(exc: ClientError) -> str:
+    return exc.response.get("Error", {}).get("Code", "error")
 
 
 def _describe(exc: Exception) -> str:

@@ -6,28 +6,28 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .mapping import BrazeIdentity, BrazeUpdate
+from .mapping import EMAIL_FIELD, GROUP_PREFIX, BrazeIdentity
 
 TRACK_PATH = "/users/track"
 MAX_OBJECTS_PER_REQUEST = 75  # Braze's hard limit across attributes, events and purchases
 DEFAULT_OBJECTS_PER_REQUEST = 50  # the limit on newer active-user plans: safe everywhere
 
 DELIVERED = "delivered"
-RETRYABLE = "retryable"
+RETRYABLE = "retryable"  # 5xx, timeouts, connection errors, 401/403: each one spends a retry
+RATE_LIMITED = "rate_limited"  # 429: backpressure, waits for the reset and spends nothing
 PERMANENT = "permanent"
 
 
-def attributes_object(identity: BrazeIdentity, update: BrazeUpdate, upsert_mode: bool) -> dict:
+def attributes_object(identity: BrazeIdentity, fields: Mapping[str, str], upsert_mode: bool) -> dict:
+    """The `/users/track` attributes object setting these Braze fields (`email_subscribe`, `group:<id>`)."""
     obj: dict = {identity.kind: identity.value}
     if not upsert_mode:
         obj["_update_existing_only"] = True
-    if update.email_subscribe is not None:
-        obj["email_subscribe"] = update.email_subscribe
-    if update.subscription_groups:
-        obj["subscription_groups"] = [
-            {"subscription_group_id": gid, "subscription_state": state}
-            for gid, state in sorted(update.subscription_groups.items())
-        ]
+    if EMAIL_FIELD in fields:
+        obj["email_subscribe"] = fields[EMAIL_FIELD]
+    groups = sorted((name[len(GROUP_PREFIX) :], state) for name, state in fields.items() if name.startswith(GROUP_PREFIX))
+    if groups:
+        obj["subscription_groups"] = [{"subscription_group_id": gid, "subscription_state": state} for gid, state in groups]
     return obj
 
 
@@ -75,7 +75,7 @@ def classify_response(status: int, headers: Mapping[str, str], body: bytes, obje
 
     detail = _short(message.get("message") if isinstance(message, dict) else None)
     if status == 429:
-        return BrazeOutcome(RETRYABLE, "braze rate limit (429)", status, retry_at=_rate_limit_reset(headers))
+        return BrazeOutcome(RATE_LIMITED, "braze rate limit (429)", status, retry_at=_rate_limit_reset(headers))
     if status in (401, 403):
         return BrazeOutcome(RETRYABLE, f"braze refused the API key ({status}): {detail}", status, refresh_credentials=True)
     if status >= 500:

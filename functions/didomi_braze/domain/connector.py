@@ -44,6 +44,12 @@ class ConnectorConfig:
     email_unsubscribed: str | None = None  # mapping value behind UNSUBSCRIBED
     subscription_groups: tuple[tuple[str, str], ...] = ()  # (subscription group id, mapping value)
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Every Didomi input (mapping value) the mappings read, once each."""
+        values = (self.email_opted_in, self.email_unsubscribed, *(value for _, value in self.subscription_groups))
+        return tuple(dict.fromkeys(v for v in values if v))
+
 
 def parse_connector_document(text: str, allow_loopback: bool = False) -> ConnectorConfig:
     """Parse and validate the connector document; raise ConfigurationError listing every problem."""

@@ -3,6 +3,11 @@
 Mapping values name one place in the state (`consents_purposes_<purpose>_enabled`, ...). Ids may contain
 underscores, so a value is never split: the state is flattened forward into the exact strings it can answer,
 and a value is looked up as a whole.
+
+Be liberal in what is accepted: a part of the state that no mapping reads may be malformed without rejecting
+the event. A malformed part is remembered where it stands; only resolving a mapping value that lands on it
+raises `InvalidWebhook` naming its path. Entries whose `id` is not a string cannot be named by any mapping
+and are ignored.
 """
 
 from __future__ import annotations
@@ -14,19 +19,38 @@ from .errors import InvalidWebhook
 
 
 @dataclass(frozen=True)
+class _Invalid:
+    """A malformed value at a place a mapping may read: an error when read, nothing otherwise."""
+
+    path: str
+    problem: str
+
+    def raise_it(self):
+        raise InvalidWebhook(f"{self.path} {self.problem}")
+
+
+@dataclass(frozen=True)
 class ConsentState:
     """What one Didomi entity says about consents: exact answers plus v2 preference-value selections."""
 
-    # Exact mapping value -> enabled (true/false). Null choices are simply absent.
-    answers: dict[str, bool] = field(default_factory=dict)
+    # Exact mapping value -> enabled (true/false), or the problem found there. Null choices are absent.
+    answers: dict[str, bool | _Invalid] = field(default_factory=dict)
     # v2 preference values: prefix `consents_purposes_<p>_values_<pref>_` -> ids of the selected values.
     # A prefix with `None` means the preference is present with no choice (`"value": null`).
-    selections: dict[str, frozenset[str] | None] = field(default_factory=dict)
+    selections: dict[str, frozenset[str] | None | _Invalid] = field(default_factory=dict)
+    # Prefixes under which the state could not be read at all (a list that is not a list, ...).
+    unreadable: tuple[tuple[str, _Invalid], ...] = ()
 
     def resolve(self, value: str) -> bool | None:
-        """The mapping value's answer: true, false, or None for "no choice / not present"."""
+        """The mapping value's answer: true, false, or None for "no choice / not present".
+
+        Raises InvalidWebhook when the answer sits in a malformed part of the state."""
         if value in self.answers:
-            return self.answers[value]
+            answer = self.answers[value]
+            return answer.raise_it() if isinstance(answer, _Invalid) else answer
+        for prefix, problem in self.unreadable:
+            if value.startswith(prefix):
+                problem.raise_it()
         if not value.endswith("_enabled"):
             return None
         # The longest matching prefix wins, so that preference `topics_sales` beats `topics`.
@@ -38,74 +62,80 @@ class ConsentState:
         if best is None:
             return None
         selected = self.selections[best]
+        if isinstance(selected, _Invalid):
+            return selected.raise_it()
         if selected is None:
             return None
         return value[len(best) : -len("_enabled")] in selected
 
 
 def parse_consents(raw: Any, path: str) -> ConsentState:
-    """Validate a Didomi `consents` object and flatten it. Absent parts mean "no choice"."""
+    """Flatten a Didomi `consents` object. Absent parts mean "no choice"; malformed parts are kept as problems."""
+    state = _Flattener()
     if raw is None:
         return ConsentState()
-    _require(isinstance(raw, dict), path, "must be an object")
-    answers: dict[str, bool] = {}
-    selections: dict[str, frozenset[str] | None] = {}
+    if not isinstance(raw, dict):
+        state.unreadable.append(("consents_", _Invalid(path, "must be an object")))
+        return state.done()
 
-    for i, purpose in enumerate(_list(raw.get("purposes"), f"{path}.purposes")):
+    for i, purpose in state.entries(raw.get("purposes"), f"{path}.purposes", "consents_purposes_"):
         p_path = f"{path}.purposes[{i}]"
-        pid = _id(purpose, p_path)
-        base = f"consents_purposes_{pid}"
-        _answer(answers, f"{base}_enabled", purpose.get("enabled"), f"{p_path}.enabled")
+        base = f"consents_purposes_{purpose['id']}"
+        state.answer(f"{base}_enabled", purpose.get("enabled"), f"{p_path}.enabled")
 
-        for j, pref in enumerate(_list(purpose.get("preferences"), f"{p_path}.preferences")):
+        for j, pref in state.entries(purpose.get("preferences"), f"{p_path}.preferences", f"{base}_preferences_"):
             pref_path = f"{p_path}.preferences[{j}]"
-            pref_base = f"{base}_preferences_{_id(pref, pref_path)}"
-            _answer(answers, f"{pref_base}_enabled", pref.get("enabled"), f"{pref_path}.enabled")
-            for k, channel in enumerate(_list(pref.get("channels"), f"{pref_path}.channels")):
-                ch_path = f"{pref_path}.channels[{k}]"
-                key = f"{pref_base}_channel_{_id(channel, ch_path)}_enabled"
-                _answer(answers, key, channel.get("enabled"), f"{ch_path}.enabled")
+            pref_base = f"{base}_preferences_{pref['id']}"
+            state.answer(f"{pref_base}_enabled", pref.get("enabled"), f"{pref_path}.enabled")
+            for k, channel in state.entries(pref.get("channels"), f"{pref_path}.channels", f"{pref_base}_channel_"):
+                key = f"{pref_base}_channel_{channel['id']}_enabled"
+                state.answer(key, channel.get("enabled"), f"{pref_path}.channels[{k}].enabled")
 
         values = purpose.get("values")
-        if values is not None:
-            _require(isinstance(values, dict), f"{p_path}.values", "must be an object")
-            for pref_id, selection in values.items():
-                v_path = f"{p_path}.values.{pref_id}"
-                _require(isinstance(selection, dict), v_path, 'must be an object like {"value": "a,b"}')
-                selected = selection.get("value")
-                _require(selected is None or isinstance(selected, str), f"{v_path}.value", "must be a string")
-                selections[f"{base}_values_{pref_id}_"] = (
-                    None if selected is None else frozenset(v.strip() for v in selected.split(",") if v.strip())
-                )
+        if values is not None and not isinstance(values, dict):
+            state.unreadable.append((f"{base}_values_", _Invalid(f"{p_path}.values", "must be an object")))
+        for pref_id, selection in (values or {}).items() if isinstance(values, dict) else ():
+            prefix = f"{base}_values_{pref_id}_"
+            v_path = f"{p_path}.values.{pref_id}"
+            if not isinstance(selection, dict):
+                state.selections[prefix] = _Invalid(v_path, 'must be an object like {"value": "a,b"}')
+                continue
+            selected = selection.get("value")
+            if selected is not None and not isinstance(selected, str):
+                state.selections[prefix] = _Invalid(f"{v_path}.value", "must be a string")
+                continue
+            state.selections[prefix] = (
+                None if selected is None else frozenset(v.strip() for v in selected.split(",") if v.strip())
+            )
 
-    for i, channel in enumerate(_list(raw.get("channels"), f"{path}.channels")):
-        ch_path = f"{path}.channels[{i}]"
-        _answer(answers, f"consents_channels_{_id(channel, ch_path)}_enabled", channel.get("enabled"), f"{ch_path}.enabled")
-
-    return ConsentState(answers, selections)
-
-
-def _require(condition: bool, path: str, problem: str) -> None:
-    if not condition:
-        raise InvalidWebhook(f"{path} {problem}")
+    for i, channel in state.entries(raw.get("channels"), f"{path}.channels", "consents_channels_"):
+        state.answer(f"consents_channels_{channel['id']}_enabled", channel.get("enabled"), f"{path}.channels[{i}].enabled")
+    return state.done()
 
 
-def _list(raw: Any, path: str) -> list[dict]:
-    if raw is None:
-        return []
-    _require(isinstance(raw, list), path, "must be a list")
-    for i, item in enumerate(raw):
-        _require(isinstance(item, dict), f"{path}[{i}]", "must be an object")
-    return raw
+class _Flattener:
+    def __init__(self) -> None:
+        self.answers: dict[str, bool | _Invalid] = {}
+        self.selections: dict[str, frozenset[str] | None | _Invalid] = {}
+        self.unreadable: list[tuple[str, _Invalid]] = []
 
+    def entries(self, raw: Any, path: str, prefix: str):
+        """(index, entry) for each object with a string id; a value that is not a list makes `prefix` unreadable."""
+        if raw is None:
+            return
+        if not isinstance(raw, list):
+            self.unreadable.append((prefix, _Invalid(path, "must be a list")))
+            return
+        for i, item in enumerate(raw):
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                yield i, item
 
-def _id(item: dict, path: str) -> str:
-    value = item.get("id")
-    _require(isinstance(value, str) and value != "", f"{path}.id", "must be a non-empty string")
-    return value
+    def answer(self, key: str, enabled: Any, path: str) -> None:
+        if key in self.answers:  # the first entry with an id is the one a mapping reads
+            return
+        if enabled is None:
+            return
+        self.answers[key] = enabled if isinstance(enabled, bool) else _Invalid(path, "must be true, false or null")
 
-
-def _answer(answers: dict[str, bool], key: str, enabled: Any, path: str) -> None:
-    _require(enabled is None or isinstance(enabled, bool), path, "must be true, false or null")
-    if enabled is not None:
-        answers[key] = enabled
+    def done(self) -> ConsentState:
+        return ConsentState(self.answers, self.selections, tuple(self.unreadable))

@@ -1,17 +1,22 @@
 """Didomi webhook events, validated into typed objects.
 
-Only what the connector uses is validated; unknown fields are ignored, so that Didomi can add fields
-without breaking deliveries. Every error names the JSON path of the problem.
+Be liberal in what is accepted (every payload Didomi's own schema allows, `shared/reference`): unknown fields are
+ignored, and only what the connector reads is validated, when it reads it. Consents are validated per mapping
+value (consent.py); timestamps only when the event is going to take a position. Every error names the JSON path
+of the problem.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from .consent import ConsentState, parse_consents
 from .errors import InvalidWebhook
+from .ordering import Position
 
 CREATED_OR_DELETED = ("event.created", "event.deleted", "user.created", "user.deleted")
 UPDATED = ("event.updated", "user.updated")
@@ -26,21 +31,47 @@ class Entity:
     """A Didomi user (the full consent state) or consent event (a partial change), as far as we need it."""
 
     kind: str  # "user" or "event"
-    id: str | None
+    path: str  # where it sits in the body, for error messages
+    raw: dict
     organization_user_id: str | None
     consents: ConsentState
-    status: str  # consent events: confirmed | pending_approval; users: always confirmed
+    status: str  # consent events: as sent (absent means confirmed); users: always confirmed
     regulation: str | None
-    created_at: str | None
-    updated_at: str | None
-    version: int | None
 
     @property
-    def order_key(self) -> str:
-        """A string that sorts like the state's age: a user's `updated_at` then `version`, an event's `created_at`."""
+    def id(self) -> str:
+        value = self.raw.get("id")
+        return value if isinstance(value, str) else ""
+
+    @property
+    def is_confirmed(self) -> bool:
+        return self.status == CONFIRMED
+
+    def position(self) -> Position:
+        """Where this state stands in time. Raises InvalidWebhook naming the missing or malformed field."""
         if self.kind == "user":
-            return f"{self.updated_at or ''}|{self.version if self.version is not None else 0:012d}"
-        return f"{self.created_at or ''}|{0:012d}"
+            return Position(self._timestamp("updated_at", required=True), self._version(), self.id)
+        edited = self._timestamp("updated_at", required=False)
+        return Position(edited or self._timestamp("created_at", required=True), None, self.id)
+
+    def _timestamp(self, key: str, required: bool) -> str | None:
+        value = self.raw.get(key)
+        where = f"{self.path}.{key}"
+        if value is None:
+            if required:
+                raise InvalidWebhook(f"{where} is required: it orders this {self.kind} against other changes")
+            return None
+        if not isinstance(value, str):
+            raise InvalidWebhook(f"{where} must be an ISO 8601 timestamp string")
+        return normalise_timestamp(value, where)
+
+    def _version(self) -> Decimal | None:
+        value = self.raw.get("version")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise InvalidWebhook(f"{self.path}.version must be a non-negative number")
+        return Decimal(str(value))
 
 
 @dataclass(frozen=True)
@@ -48,7 +79,7 @@ class DidomiWebhook:
     type: str
     regulation: str
     entity: Entity  # the entity of created/deleted events; `new_entity` of updated events
-    old_entity: Entity | None = None  # updated events only
+    old_entity: Entity | None = None  # updated events only, when Didomi sent it
 
     @property
     def is_deleted(self) -> bool:
@@ -56,9 +87,10 @@ class DidomiWebhook:
 
     @property
     def event_id(self) -> str:
-        """Identifies this delivery's content, so that the same event delivered twice can be recognised."""
-        e = self.entity
-        return f"{self.type}:{e.id or '-'}:{e.order_key}"
+        """Names the change in logs and queue messages (the entity id, and for users the version)."""
+        version = self.entity.raw.get("version")
+        suffix = f":v{version}" if self.entity.kind == "user" and version is not None else ""
+        return f"{self.type}:{self.entity.id or '-'}{suffix}"
 
 
 def parse_webhook(body: Any) -> DidomiWebhook:
@@ -76,17 +108,18 @@ def parse_webhook(body: Any) -> DidomiWebhook:
     top_regulation = _optional_str(body, "regulation", "regulation")
     kind = event_type.split(".")[0]
 
+    old = None
+    source_regulation = None
     if event_type in CREATED_OR_DELETED:
         entity = _entity(kind, params.get("entity"), "parameters.entity")
-        old = None
-        source_regulation = None
     else:
-        old = _entity(kind, params.get("old_entity"), "parameters.old_entity")
         entity = _entity(kind, params.get("new_entity"), "parameters.new_entity")
+        raw_old = params.get("old_entity")
+        if raw_old is not None:
+            old = _entity(kind, raw_old, "parameters.old_entity")
         source = params.get("source")
-        if source is not None and not isinstance(source, dict):
-            raise InvalidWebhook("parameters.source must be an object")
-        source_regulation = _optional_str(source or {}, "regulation", "parameters.source.regulation")
+        if isinstance(source, dict):
+            source_regulation = _optional_str(source, "regulation", "parameters.source.regulation")
 
     regulation = top_regulation or entity.regulation or source_regulation or DEFAULT_REGULATION
     return DidomiWebhook(type=event_type, regulation=regulation.lower(), entity=entity, old_entity=old)
@@ -104,21 +137,14 @@ def _entity(kind: str, raw: Any, path: str) -> Entity:
             raise InvalidWebhook(f"{path}.user must be an object")
         user_id = _optional_str(user or {}, "organization_user_id", f"{path}.user.organization_user_id")
         status = _optional_str(raw, "status", f"{path}.status") or CONFIRMED
-        if status not in (CONFIRMED, PENDING):
-            raise InvalidWebhook(f"{path}.status must be {CONFIRMED!r} or {PENDING!r}")
-    version = raw.get("version")
-    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
-        raise InvalidWebhook(f"{path}.version must be a non-negative integer")
     return Entity(
         kind=kind,
-        id=_optional_str(raw, "id", f"{path}.id"),
+        path=path,
+        raw=raw,
         organization_user_id=user_id if user_id and user_id.strip() else None,
         consents=parse_consents(raw.get("consents"), f"{path}.consents"),
         status=status,
         regulation=_optional_str(raw, "regulation", f"{path}.regulation"),
-        created_at=_timestamp(raw, "created_at", path),
-        updated_at=_timestamp(raw, "updated_at", path),
-        version=version,
     )
 
 
@@ -129,15 +155,12 @@ def _optional_str(raw: dict, key: str, path: str) -> str | None:
     return value
 
 
-def _timestamp(raw: dict, key: str, path: str) -> str | None:
-    """Normalise an ISO 8601 timestamp to UTC with microseconds, so that timestamps sort as strings."""
-    value = _optional_str(raw, key, f"{path}.{key}")
-    if value is None:
-        return None
+def normalise_timestamp(value: str, where: str) -> str:
+    """An ISO 8601 timestamp in UTC with microseconds and a four-digit year, so that timestamps sort as strings."""
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidWebhook(f"{path}.{key} must be an ISO 8601 timestamp") from None
+        raise InvalidWebhook(f"{where} must be an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     try:

@@ -15,3 +15,7 @@ class ConfigurationError(Exception):
 
 class MalformedRetryMessage(Exception):
     """A message on the retry queue that this connector did not write (or that was corrupted)."""
+
+
+class StateUnavailable(Exception):
+    """The state table could not be read or written: nothing may be sent, since its order cannot be checked."""

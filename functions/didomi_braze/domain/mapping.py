@@ -1,75 +1,79 @@
-"""From a Didomi event to the Braze update it calls for (README: "Mappings")."""
+"""From Didomi consent to Braze fields (README: "Mappings").
+
+Two steps, both pure:
+
+- `plan`: what one webhook carries. The inputs (mapping values) it sets to true or false, at its position. For
+  `user.updated` and for `event.updated` between two confirmed states, an input equal in `old_entity` and
+  `new_entity` is not a change of this event and is not carried.
+- `desired`: what Braze should hold, evaluated on a user's *merged* inputs (ordering.py), never on one event alone:
+  Didomi consent events are partial.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from .connector import ConnectorConfig
-from .consent import ConsentState
-from .didomi import CONFIRMED, PENDING, DidomiWebhook
+from .didomi import DidomiWebhook, Entity
+from .errors import InvalidWebhook
+from .ordering import Position, StoredInput
 
 OPTED_IN = "opted_in"
 SUBSCRIBED = "subscribed"
 UNSUBSCRIBED = "unsubscribed"
 
-
-@dataclass(frozen=True)
-class BrazeUpdate:
-    """The Braze fields one consent state sets. `None` / absent means "leave Braze as it is"."""
-
-    email_subscribe: str | None = None
-    subscription_groups: dict[str, str] = field(default_factory=dict)  # group id -> subscribed | unsubscribed
-
-    def is_empty(self) -> bool:
-        return self.email_subscribe is None and not self.subscription_groups
-
-    def changes_since(self, old: BrazeUpdate) -> BrazeUpdate:
-        """Only the fields whose value differs from `old` (a field that became null sends nothing)."""
-        return BrazeUpdate(
-            email_subscribe=self.email_subscribe if self.email_subscribe != old.email_subscribe else None,
-            subscription_groups={
-                gid: state for gid, state in self.subscription_groups.items() if old.subscription_groups.get(gid) != state
-            },
-        )
-
-    def overlaid_by(self, newer: BrazeUpdate) -> BrazeUpdate:
-        """This update with every field that `newer` sets replaced by the newer value."""
-        return BrazeUpdate(
-            email_subscribe=newer.email_subscribe if newer.email_subscribe is not None else self.email_subscribe,
-            subscription_groups={**self.subscription_groups, **newer.subscription_groups},
-        )
-
-    def to_dict(self) -> dict:
-        out: dict = {}
-        if self.email_subscribe is not None:
-            out["email_subscribe"] = self.email_subscribe
-        if self.subscription_groups:
-            out["subscription_groups"] = dict(sorted(self.subscription_groups.items()))
-        return out
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> BrazeUpdate:
-        return cls(raw.get("email_subscribe"), dict(raw.get("subscription_groups") or {}))
+EMAIL_FIELD = "email_subscribe"
+GROUP_PREFIX = "group:"
 
 
-def update_for(state: ConsentState, config: ConnectorConfig) -> BrazeUpdate:
-    """Every non-null Braze field this consent state calls for."""
-    o = state.resolve(config.email_opted_in) if config.email_opted_in else None
-    u = state.resolve(config.email_unsubscribed) if config.email_unsubscribed else None
-    if u is False:
-        email = UNSUBSCRIBED
-    elif o is True:
-        email = OPTED_IN
-    elif o is False or u is True:
-        email = SUBSCRIBED
-    else:
-        email = None
-    groups = {}
+def group_field(group_id: str) -> str:
+    return GROUP_PREFIX + group_id
+
+
+def field_inputs(config: ConnectorConfig) -> dict[str, tuple[str, ...]]:
+    """Each Braze field the configuration drives, and the inputs it is evaluated from."""
+    out: dict[str, tuple[str, ...]] = {}
+    email = tuple(v for v in (config.email_opted_in, config.email_unsubscribed) if v)
+    if email:
+        out[EMAIL_FIELD] = email
     for group_id, value in config.subscription_groups:
-        enabled = state.resolve(value)
+        out[group_field(group_id)] = (value,)
+    return out
+
+
+def fields_reading(inputs: Iterable[str], config: ConnectorConfig) -> set[str]:
+    """The Braze fields whose value depends on any of these inputs."""
+    wanted = set(inputs)
+    return {f for f, reads in field_inputs(config).items() if wanted.intersection(reads)}
+
+
+def desired(values: Mapping[str, bool], config: ConnectorConfig) -> dict[str, str]:
+    """Every non-null Braze field for these input values (absent inputs are null).
+
+    The email truth table, first matching row wins, with o and u the inputs behind OPTED_IN and UNSUBSCRIBED:
+    u false -> unsubscribed; o true -> opted_in; o false or u true -> subscribed; otherwise not sent.
+    A subscription group is subscribed / unsubscribed for true / false, not sent for null.
+    """
+    o = values.get(config.email_opted_in) if config.email_opted_in else None
+    u = values.get(config.email_unsubscribed) if config.email_unsubscribed else None
+    out: dict[str, str] = {}
+    if u is False:
+        out[EMAIL_FIELD] = UNSUBSCRIBED
+    elif o is True:
+        out[EMAIL_FIELD] = OPTED_IN
+    elif o is False or u is True:
+        out[EMAIL_FIELD] = SUBSCRIBED
+    for group_id, value in config.subscription_groups:
+        enabled = values.get(value)
         if enabled is not None:
-            groups[group_id] = SUBSCRIBED if enabled else UNSUBSCRIBED
-    return BrazeUpdate(email, groups)
+            out[group_field(group_id)] = SUBSCRIBED if enabled else UNSUBSCRIBED
+    return out
+
+
+def values_of(state: Mapping[str, StoredInput]) -> dict[str, bool]:
+    return {name: stored.value for name, stored in state.items()}
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,15 @@ class BrazeIdentity:
     def key(self) -> str:
         return f"{self.kind}:{self.value}"
 
+    @property
+    def state_key(self) -> str:
+        """The state table's key: a hash, so the table holds no user id in clear."""
+        return hashlib.sha256(self.key.encode()).hexdigest()
 
-# Every reason an event is acknowledged without a Braze call (the last two come from the ordering guard).
-SKIP_REASONS = ("deleted", "pending", "regulation_not_configured", "no_user_id", "no_change", "duplicate", "superseded")
+
+# Every reason an event is acknowledged without a Braze call: the first five are decided from the event alone,
+# the last two once it meets the user's merged state.
+SKIP_REASONS = ("deleted", "pending", "regulation_not_configured", "no_user_id", "no_change", "superseded")
 
 
 @dataclass(frozen=True)
@@ -97,22 +107,28 @@ class Skip:
 
 
 @dataclass(frozen=True)
-class Push:
-    """The event calls for this Braze update."""
+class Change:
+    """What one Didomi event (or one user of a backfill) carries for one Braze user."""
 
     identity: BrazeIdentity
-    update: BrazeUpdate
-    order_key: str
+    inputs: dict[str, StoredInput]  # the inputs it sets, each at the change's position
     event_id: str
+    event_type: str
+
+    @property
+    def position(self) -> Position:
+        return next(iter(self.inputs.values())).position
 
 
-def plan(webhook: DidomiWebhook, config: ConnectorConfig) -> Skip | Push:
-    """Decide what one webhook means for Braze. Pure: the same event and config always give the same plan."""
+def plan(webhook: DidomiWebhook, config: ConnectorConfig) -> Skip | Change:
+    """Decide what one webhook carries. Pure: the same event and config always give the same plan.
+
+    Raises InvalidWebhook when a part the mappings or the ordering read is malformed or missing."""
     entity = webhook.entity
     if webhook.is_deleted:
         return Skip("deleted", f"{webhook.type} is acknowledged; Braze profiles are not deleted by this connector")
-    if entity.status == PENDING:
-        return Skip("pending", "the consent event is pending approval; Didomi applies it only once approved")
+    if not entity.is_confirmed:
+        return Skip("pending", f"the consent event's status is {entity.status[:40]!r}; Didomi applies only confirmed events")
     if webhook.regulation not in config.regulations:
         return Skip(
             "regulation_not_configured",
@@ -121,13 +137,35 @@ def plan(webhook: DidomiWebhook, config: ConnectorConfig) -> Skip | Push:
     if entity.organization_user_id is None:
         return Skip("no_user_id", "the event has no organization_user_id to identify the Braze user")
 
-    update = update_for(entity.consents, config)
-    old = webhook.old_entity
-    if old is not None and old.status == CONFIRMED:
-        # user.updated, and event.updated between two confirmed states: send only what changed.
-        # An event.updated that confirms a pending event sends every field, like a created event.
-        update = update.changes_since(update_for(old.consents, config))
-    if update.is_empty():
-        return Skip("no_change", "the mapped consents do not change anything in Braze")
-    identity = BrazeIdentity(config.user_identifier, entity.organization_user_id)
-    return Push(identity, update, entity.order_key, webhook.event_id)
+    carried = carried_inputs(entity, webhook.old_entity, config)
+    if not carried:
+        return Skip("no_change", "the event sets none of the consents the mappings read")
+    position = entity.position()  # only an event that changes something needs (and must have) a position
+    return Change(
+        identity=BrazeIdentity(config.user_identifier, entity.organization_user_id),
+        inputs={name: StoredInput(value, position) for name, value in carried.items()},
+        event_id=webhook.event_id,
+        event_type=webhook.type,
+    )
+
+
+def carried_inputs(entity: Entity, old: Entity | None, config: ConnectorConfig) -> dict[str, bool]:
+    """The mapped inputs this entity sets to true or false, and that are a change of this event."""
+    out: dict[str, bool] = {}
+    compare = old is not None and old.is_confirmed  # a pending event that becomes confirmed carries everything
+    for name in config.inputs:
+        value = entity.consents.resolve(name)
+        if value is None:
+            continue
+        if compare and _resolve_leniently(old, name) == value:
+            continue
+        out[name] = value
+    return out
+
+
+def _resolve_leniently(entity: Entity, name: str) -> bool | None:
+    """The old state only decides what is unchanged: an unreadable old value counts as a change."""
+    try:
+        return entity.consents.resolve(name)
+    except InvalidWebhook:
+        return None

@@ -1,119 +1,138 @@
-"""The retry queue's message, and how a batch of retries becomes few Braze requests."""
+"""The retry queue's message: one Didomi change waiting to reach Braze, and how it counts its failures.
+
+A message carries the change itself (the inputs it sets, at its position), not a Braze update: whoever delivers
+it merges it into the user's state and sends what the *merged* state calls for, so a message that waited can
+never carry an older value over a newer one.
+
+SQS messages cannot be edited. A failed Braze call makes the same message visible again after the schedule's
+next delay, and each receive of it counts (`ApproximateReceiveCount`). Waiting that is not a failure (Braze's
+rate limit, another invocation holding the user) sends a fresh copy carrying the counts so far instead.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from .errors import MalformedRetryMessage
-from .mapping import BrazeIdentity, BrazeUpdate
-from .ordering import fields_of, position
+from .mapping import BrazeIdentity, Change
+from .ordering import Position, StoredInput
 
-MESSAGE_VERSION = 1
+MESSAGE_VERSION = 2
+IDENTITY_KINDS = ("external_id", "email")
 
 
 @dataclass(frozen=True)
-class PendingUpdate:
-    """A Braze update waiting on the retry queue: the message body, as JSON."""
-
-    event_id: str
-    event_type: str
-    identity: BrazeIdentity
-    update: BrazeUpdate
-    order_key: str
-    first_failure_at: str  # ISO 8601 UTC
-    first_failure_reason: str
-
-    @property
-    def position(self) -> str:
-        return position(self.order_key, self.event_id)
+class PendingChange:
+    change: Change
+    owed: tuple[str, ...] | None  # Braze fields a failed call was sending; None: what the merge shows
+    reason: str  # why it waits, the latest
+    queued_at: str  # ISO 8601 UTC, when the change first went to the queue
+    failures: int = 0  # failed Braze calls before this copy of the message was sent
+    calls: int = 0  # Braze calls before this copy of the message was sent
+    first_failure_at: str | None = None
 
     def to_json(self) -> str:
+        change = self.change
         return json.dumps(
             {
                 "version": MESSAGE_VERSION,
-                "event_id": self.event_id,
-                "event_type": self.event_type,
-                "identity": {"kind": self.identity.kind, "value": self.identity.value},
-                "update": self.update.to_dict(),
-                "order_key": self.order_key,
+                "identity": {"kind": change.identity.kind, "value": change.identity.value},
+                "event": {"id": change.event_id, "type": change.event_type},
+                "position": change.position.to_dict(),
+                "inputs": {name: stored.value for name, stored in change.inputs.items()},
+                "owed": list(self.owed) if self.owed is not None else None,
+                "reason": self.reason,
+                "queued_at": self.queued_at,
+                "failures": self.failures,
+                "calls": self.calls,
                 "first_failure_at": self.first_failure_at,
-                "first_failure_reason": self.first_failure_reason,
             },
             separators=(",", ":"),
         )
 
     @classmethod
-    def from_json(cls, text: str) -> PendingUpdate:
+    def from_json(cls, text: str) -> PendingChange:
         try:
             raw = json.loads(text)
-            identity = raw["identity"]
-            update = raw["update"]
+            if raw.get("version") != MESSAGE_VERSION:
+                found = raw.get("version")
+                written_by = f"version {found} of the message format" if isinstance(found, int) else "this connector"
+                raise MalformedRetryMessage(f"not a retry message written by {written_by} (expected {MESSAGE_VERSION})")
+            identity = BrazeIdentity(raw["identity"]["kind"], raw["identity"]["value"])
+            position = Position.from_dict(raw["position"])
+            inputs = {str(name): StoredInput(_bool(value), position) for name, value in raw["inputs"].items()}
+            owed = raw.get("owed")
             pending = cls(
-                event_id=raw["event_id"],
-                event_type=raw["event_type"],
-                identity=BrazeIdentity(identity["kind"], identity["value"]),
-                update=BrazeUpdate.from_dict(update),
-                order_key=raw["order_key"],
-                first_failure_at=raw["first_failure_at"],
-                first_failure_reason=raw["first_failure_reason"],
+                change=Change(identity, inputs, str(raw["event"]["id"]), str(raw["event"]["type"])),
+                owed=tuple(str(f) for f in owed) if owed is not None else None,
+                reason=str(raw.get("reason", "")),
+                queued_at=str(raw["queued_at"]),
+                failures=_count(raw.get("failures", 0)),
+                calls=_count(raw.get("calls", 0)),
+                first_failure_at=raw.get("first_failure_at"),
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except MalformedRetryMessage:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
             raise MalformedRetryMessage(f"not a retry message written by this connector ({type(exc).__name__})") from None
-        if raw.get("version") != MESSAGE_VERSION or pending.identity.kind not in ("external_id", "email"):
-            raise MalformedRetryMessage("not a retry message written by this connector (unknown version or identity)")
-        if not isinstance(pending.identity.value, str) or pending.update.is_empty():
-            raise MalformedRetryMessage("retry message has no user or no update")
+        if identity.kind not in IDENTITY_KINDS or not isinstance(identity.value, str) or not identity.value:
+            raise MalformedRetryMessage("retry message has no Braze user")
+        if not inputs:
+            raise MalformedRetryMessage("retry message carries no consent change")
         return pending
 
+    def ready_to_replay(self) -> PendingChange:
+        """The body a parked message keeps: moved back to the retry queue, it starts a fresh schedule."""
+        return replace(self, failures=0, calls=0, first_failure_at=None)
 
-@dataclass(frozen=True)
-class UserBatchItem:
-    """One Braze attributes object standing for every queued update of one user in a batch."""
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("input value")
+    return value
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError("count")
+    return value
+
+
+@dataclass
+class UserWork:
+    """Everything one invocation delivers for one Braze user: the changes to merge and the fields owed.
+
+    A change found already merged at its own position was seen before and may never have reached Braze, so its
+    fields are sent again, unless a failed call already said what it owes (`accounted`)."""
 
     identity: BrazeIdentity
-    update: BrazeUpdate
-    message_ids: tuple[str, ...]
-    field_positions: dict[str, str]  # field -> position of the message whose value the update carries
-    message_positions: dict[str, str]  # message id -> position of its event
+    changes: list[Change] = field(default_factory=list)
+    owed: set[str] = field(default_factory=set)
+    accounted: set[str] = field(default_factory=set)  # inputs whose undelivered fields are in `owed`
+    tags: list[str] = field(default_factory=list)  # who asked (message ids), in order
+
+    def add(self, change: Change, owed: tuple[str, ...] | None = None, tag: str | None = None) -> None:
+        self.changes.append(change)
+        if owed is not None:
+            self.owed.update(owed)
+            self.accounted.update(change.inputs)
+        if tag is not None:
+            self.tags.append(tag)
 
     @property
-    def newest_position(self) -> str:
-        return max(self.message_positions.values())
+    def event(self) -> str:
+        return self.changes[-1].event_id if self.changes else "-"
 
 
-def collapse(messages: Sequence[tuple[str, PendingUpdate]]) -> list[UserBatchItem]:
-    """Merge each user's updates, oldest first so that the newest value of every field wins.
-
-    One user therefore never appears twice in a request (Braze does not keep the order of objects).
-    """
-    by_user: dict[str, list[tuple[str, PendingUpdate]]] = {}
-    for message_id, pending in messages:
-        by_user.setdefault(pending.identity.key, []).append((message_id, pending))
-    items = []
-    for group in by_user.values():
-        group.sort(key=lambda pair: pair[1].position)
-        merged = BrazeUpdate()
-        field_positions: dict[str, str] = {}
-        for _, pending in group:
-            merged = merged.overlaid_by(pending.update)
-            field_positions.update(dict.fromkeys(fields_of(pending.update), pending.position))
-        items.append(
-            UserBatchItem(
-                identity=group[0][1].identity,
-                update=merged,
-                message_ids=tuple(mid for mid, _ in group),
-                field_positions=field_positions,
-                message_positions={mid: pending.position for mid, pending in group},
-            )
-        )
-    return items
-
-
-def chunks(items: list[UserBatchItem], size: int) -> list[list[UserBatchItem]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+def by_user(items: Sequence[tuple[str, PendingChange]]) -> list[UserWork]:
+    """Group pending changes by Braze user: one user is one object in a request (Braze does not keep their order)."""
+    work: dict[str, UserWork] = {}
+    for tag, pending in items:
+        work.setdefault(pending.change.identity.key, UserWork(pending.change.identity)).add(pending.change, pending.owed, tag)
+    return list(work.values())
 
 
 def iso_utc(epoch: float) -> str:

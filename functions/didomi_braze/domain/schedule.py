@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from .errors import ConfigurationError
 
-DEFAULT_DELAYS = "30,45,60,75,90"
+# Five retries, the fifth 270 s after the first failure: the batching window (5 s) and polling add up to 30 s more
+# at worst, so the fifth retry still runs within Didomi's five minutes.
+DEFAULT_DELAYS = "30,45,55,65,75"
 MIN_RETRIES = 5  # Didomi's promise: at least five retries within five minutes
 MAX_RETRIES = 9  # the retry queue's maxReceiveCount (10) must stay above the number of retries
 MAX_DELAY_SECONDS = 900  # SQS DelaySeconds limit; also keeps every retry inside the message's lifetime
@@ -15,7 +17,7 @@ MAX_DELAY_SECONDS = 900  # SQS DelaySeconds limit; also keeps every retry inside
 
 @dataclass(frozen=True)
 class RetrySchedule:
-    """Delays before each retry: `delays[0]` after the first failure, `delays[k]` after retry k failed."""
+    """Delays before each retry: `delays[n - 1]` after the n-th failed Braze call (the webhook's own try is the first)."""
 
     delays: tuple[int, ...]
 
@@ -40,17 +42,14 @@ class RetrySchedule:
     def retries(self) -> int:
         return len(self.delays)
 
-    def first_delay(self, now: float, retry_at: float | None = None) -> int:
-        return self._at_least(self.delays[0], now, retry_at)
-
-    def delay_after(self, attempt: int, now: float, retry_at: float | None = None) -> int | None:
-        """Delay before the next retry once retry number `attempt` (1-based) failed; None when none is left."""
-        if attempt >= self.retries:
+    def delay_after_failure(self, failures: int) -> int | None:
+        """Delay before the next retry once `failures` Braze calls have failed; None when the retries are spent."""
+        if not 1 <= failures <= self.retries:
             return None
-        return self._at_least(self.delays[attempt], now, retry_at)
+        return self.delays[failures - 1]
 
     @staticmethod
-    def _at_least(delay: int, now: float, retry_at: float | None) -> int:
-        if retry_at is not None:
-            delay = max(delay, math.ceil(retry_at - now))
-        return min(delay, MAX_DELAY_SECONDS)
+    def wait_until(retry_at: float | None, now: float, at_least: int = 1) -> int:
+        """Seconds to wait for Braze's `X-RateLimit-Reset` (or another invocation's lease), within SQS's 900 s."""
+        delay = math.ceil(retry_at - now) if retry_at is not None else at_least
+        return min(max(delay, at_least), MAX_DELAY_SECONDS)

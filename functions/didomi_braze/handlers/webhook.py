@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
+
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2, event_source
 
 from ..observability import logger, metrics
 from ..runtime import dependencies, prepare
@@ -13,15 +16,16 @@ prepare()  # SDK clients in the init phase
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
-def handler(event: dict, context) -> dict:
-    headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
-    context_ = event.get("requestContext") or {}
+@event_source(data_class=APIGatewayProxyEventV2)
+def handler(event: APIGatewayProxyEventV2, context) -> dict:
+    context_ = event.request_context
     request = WebhookRequest(
-        authorization=headers.get("authorization"),
-        body=event.get("body"),
-        is_base64=bool(event.get("isBase64Encoded")),
-        source_ip=(context_.get("http") or {}).get("sourceIp"),
-        jwt_claims=((context_.get("authorizer") or {}).get("jwt") or {}).get("claims"),
+        authorization=event.headers.get("authorization"),
+        body=event.body,
+        is_base64=event.is_base64_encoded,
+        source_ip=context_.http.source_ip,
+        jwt_claims=context_.authorizer.jwt_claim or None,
+        deadline=time.time() + context.get_remaining_time_in_millis() / 1000,
     )
     answer = receive_webhook(request, dependencies)
     return {

@@ -11,13 +11,12 @@ from ..domain.errors import ConfigurationError
 from ..observability import user_ref
 
 if TYPE_CHECKING:
-    from ..adapters.braze_client import BrazeClient
-    from ..adapters.queues import Queues
     from ..adapters.secrets import ConnectorSource, WebhookTokens
-    from ..adapters.state_table import StateTable
     from ..domain.access import AccessPolicy
     from ..domain.connector import ConnectorConfig
+    from ..domain.ports import RetryQueue
     from ..domain.schedule import RetrySchedule
+    from .delivery import Delivery
 
 
 @dataclass
@@ -25,11 +24,10 @@ class Dependencies:
     connector_source: ConnectorSource
     webhook_tokens: WebhookTokens
     access: AccessPolicy
-    braze: BrazeClient
-    queues: Queues
-    state: StateTable
+    delivery: Delivery
+    queue: RetryQueue
     schedule: RetrySchedule
-    objects_per_request: int
+    webhook_lease_seconds: float  # the webhook's lease: its one Braze call and a margin
     clock: Callable[[], float] = field(default=lambda: time.time())  # looked up per call: tests move the clock
 
     def connector(self, force: bool = False) -> ConnectorConfig:

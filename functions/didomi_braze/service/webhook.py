@@ -1,7 +1,9 @@
 """One Didomi webhook delivery: authenticate, validate, filter, map, deliver once, else queue or park.
 
-The answer always says what became of the event. 2xx only when it was delivered, queued, dead-lettered
-or deliberately skipped; 503 whenever it could not be kept, so that Didomi delivers it again.
+The answer always says what became of the event: 2xx only when it was delivered, queued, dead-lettered or
+deliberately skipped; 503 whenever it could not be kept, so that Didomi delivers it again. A redelivered event
+is judged against the user's merged state like any other, and its fields are sent again: its first delivery may
+have died before reaching Braze.
 """
 
 from __future__ import annotations
@@ -9,27 +11,22 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from ..adapters.state_table import Busy, StateTableUnavailable, user_key
 from ..domain.access import OAUTH, bearer_matches
-from ..domain.braze import DELIVERED, PERMANENT, RETRYABLE, BrazeOutcome, attributes_object
+from ..domain.braze import DELIVERED, PERMANENT, RATE_LIMITED, RETRYABLE
 from ..domain.connector import ConnectorConfig
 from ..domain.didomi import parse_webhook
 from ..domain.errors import ConfigurationError, InvalidWebhook
-from ..domain.mapping import BrazeUpdate, Push, Skip, plan
-from ..domain.ordering import DUPLICATE, Verdict, fields_of, judge, position
+from ..domain.mapping import Change, Skip, plan
+from ..domain.ports import DeadLetter
+from ..domain.retry import PendingChange, UserWork, iso_utc
 from ..observability import count, count_by, logger
+from .delivery import BUSY, SKIPPED, UNAVAILABLE, Outcome
 from .dependencies import Dependencies
 
-if TYPE_CHECKING:
-    from ..domain.retry import PendingUpdate
-
 MAX_BODY_BYTES = 256 * 1024
-WEBHOOK_LEASE_SECONDS = 30  # twice the function's timeout: the lease outlives any invocation holding it
 
 
 @dataclass(frozen=True)
@@ -39,6 +36,7 @@ class WebhookRequest:
     is_base64: bool = False
     source_ip: str | None = None
     jwt_claims: dict | None = None  # set by API Gateway's JWT authorizer in OAuth mode
+    deadline: float | None = None  # epoch seconds at which Lambda ends the invocation
 
 
 @dataclass(frozen=True)
@@ -72,150 +70,115 @@ def receive_webhook(request: WebhookRequest, load_dependencies: Callable[[], Dep
         logger.warning("webhook refused: body over the size limit", extra={"limit_bytes": MAX_BODY_BYTES})
         return Answer(413, {"status": "too_large", "error": f"the body exceeds {MAX_BODY_BYTES} bytes"})
     except InvalidWebhook as exc:
-        count("WebhookRejected")
-        logger.warning("webhook refused: invalid body", extra={"problem": str(exc)})
-        return Answer(400, {"status": "rejected", "error": str(exc)})
+        return _rejected(exc)
 
     count("EventsReceived")
     try:
         config = deps.connector()
     except ConfigurationError as exc:
         return _unavailable("configuration_error", exc)
-
-    decision = plan(webhook, config)
-    if isinstance(decision, Skip):
-        return _skip(webhook.type, decision.reason, decision.detail)
-    return _apply(decision, webhook.type, config, deps)
-
-
-def _apply(push: Push, event_type: str, config: ConnectorConfig, deps: Dependencies) -> Answer:
-    """Send the update while holding the user's lease, so that one user's updates reach Braze one at a time,
-    and only the fields for which Braze does not already have a newer value."""
-    log = {"event_type": event_type, "user_ref": deps.user_ref(push.identity.key)}
-    key, owner, pos = user_key(push.identity.key), uuid.uuid4().hex, position(push.order_key, push.event_id)
     try:
-        state = deps.state.acquire(key, owner, pos, deps.clock(), WEBHOOK_LEASE_SECONDS)
-    except StateTableUnavailable as exc:
-        return _unavailable("state_table_unavailable", exc, log)
-    if isinstance(state, Busy):
-        if state.lease_position == pos:
-            return _skip(event_type, DUPLICATE, "the same event is being delivered right now by another invocation")
-        # Never race another invocation to Braze for the same user: the retry worker takes it from here.
-        busy = BrazeOutcome(RETRYABLE, "another update for this user is being delivered")
-        return _queue(_pending(push, push.update, event_type, busy, deps), busy, deps, log, lease=None)
+        decision = plan(webhook, config)
+    except InvalidWebhook as exc:
+        return _rejected(exc)
+    if isinstance(decision, Skip):
+        return _skipped(webhook.type, decision.reason, decision.detail)
+    return _deliver(decision, config, deps, request.deadline)
 
-    lease = (key, owner)
-    verdict = judge(push.update, dict.fromkeys(fields_of(push.update), pos), state.positions, retry=False)
-    if pos in state.pending:
-        verdict = Verdict(BrazeUpdate(), {}, DUPLICATE)
-    if verdict.is_skip:
-        _finish(deps, lease)
-        detail = (
-            "this event was already delivered or is queued for retry"
-            if verdict.skip_reason == DUPLICATE
-            else "Braze already has a newer value for every field this event sets"
-        )
-        return _skip(event_type, verdict.skip_reason, detail)
-    if verdict.dropped:
-        logger.info("fields superseded by newer events are not sent", extra={**log, "fields": list(verdict.dropped)})
 
-    log["update"] = verdict.send.to_dict()
-    outcome = deps.braze.track(
-        config.server, config.api_key, [attributes_object(push.identity, verdict.send, config.upsert_mode)]
-    )
-    if outcome.kind == DELIVERED and not outcome.item_errors:
-        _finish(deps, lease, commit=verdict.positions)
+def _deliver(change: Change, config: ConnectorConfig, deps: Dependencies, deadline: float | None) -> Answer:
+    log = {"event_type": change.event_type, "event_id": change.event_id, "user_ref": deps.user_ref(change.identity.key)}
+    user = UserWork(change.identity)
+    user.add(change)
+    now = deps.clock()
+    lease_until = now + deps.webhook_lease_seconds
+    [outcome] = deps.delivery.deliver([user], config, lease_until, deadline=deadline or lease_until, merge_when_busy=True)
+    log.update(fields=outcome.sent or None)
+
+    if outcome.kind == DELIVERED:
+        # The lease is not given back: it runs out on its own a few seconds after the Braze call could have ended,
+        # which saves a state-table round trip on every delivered event (README "Ordering").
         count("EventsDelivered")
         logger.info("event delivered to Braze", extra=log)
         return Answer(200, {"status": "delivered"})
+    if outcome.kind == SKIPPED:
+        deps.delivery.release([outcome])
+        return _skipped(change.event_type, outcome.skip_reason or "no_change", outcome.reason)
+    if outcome.kind == UNAVAILABLE:
+        return _unavailable("state_table_unavailable", Exception(outcome.reason), log)
 
-    pending = _pending(push, verdict.send, event_type, outcome, deps)
-    if outcome.kind == PERMANENT or outcome.item_errors:
-        from ..adapters.queues import DeadLetter  # failure path only: kept off the cold start
-
-        why = DeadLetter(
-            pending.first_failure_reason,
-            attempts=1,
-            first_failure_at=pending.first_failure_at,
-            last_braze_status=outcome.status,
-            event_id=push.event_id,
-        )
-        try:
-            deps.queues.dead_letter(pending.to_json(), why)
-        except Exception as exc:
-            _finish(deps, lease)
-            return _unavailable("dead_letter_queue_unavailable", exc, log)
-        _finish(deps, lease)
-        count_by("EventsDeadLettered", "reason", "braze_rejected")
-        logger.error(
-            "event dead-lettered: Braze rejected it", extra={**log, "reason": why.reason, "braze_status": outcome.status}
-        )
-        return Answer(200, {"status": "dead_lettered", "reason": why.reason})
-
-    if outcome.refresh_credentials:
-        _refresh_connector(deps)
-    return _queue(pending, outcome, deps, log, lease)
+    pending = _pending(change, outcome, deps)
+    try:
+        if outcome.kind == PERMANENT:
+            return _park(pending, outcome, deps, log)
+        return _queue(pending, outcome, deps, log)
+    finally:
+        deps.delivery.release([outcome])
 
 
-def _pending(push: Push, update: BrazeUpdate, event_type: str, outcome: BrazeOutcome, deps: Dependencies) -> PendingUpdate:
-    from ..domain.retry import PendingUpdate, iso_utc  # failure path only: kept off the cold start
-
-    return PendingUpdate(
-        event_id=push.event_id,
-        event_type=event_type,
-        identity=push.identity,
-        update=update,
-        order_key=push.order_key,
-        first_failure_at=iso_utc(deps.clock()),
-        first_failure_reason=_reason(outcome),
+def _pending(change: Change, outcome: Outcome, deps: Dependencies) -> PendingChange:
+    now = iso_utc(deps.clock())
+    failed = outcome.kind in (RETRYABLE, PERMANENT)
+    return PendingChange(
+        change=change,
+        # BUSY without a merge result (the state kept moving) leaves the judging to the worker.
+        owed=outcome.owed if outcome.kind != BUSY or outcome.owed else None,
+        reason=outcome.reason,
+        queued_at=now,
+        failures=1 if failed else 0,
+        calls=1 if outcome.called_braze else 0,
+        first_failure_at=now if failed else None,
     )
 
 
-def _queue(pending: PendingUpdate, outcome: BrazeOutcome, deps: Dependencies, log: dict, lease: tuple[str, str] | None) -> Answer:
-    delay = deps.schedule.first_delay(deps.clock(), outcome.retry_at)
+def _queue(pending: PendingChange, outcome: Outcome, deps: Dependencies, log: dict) -> Answer:
+    now = deps.clock()
+    if outcome.kind == RETRYABLE:
+        delay = deps.schedule.delay_after_failure(1)
+    else:  # rate limited, or another invocation holds the user: wait for the reset, or the lease to run out
+        delay = deps.schedule.wait_until(outcome.retry_at, now, at_least=1)
     try:
-        deps.queues.enqueue_retry(pending.to_json(), delay)
+        deps.queue.enqueue(pending.to_json(), delay)
     except Exception as exc:
-        if lease:
-            _finish(deps, lease)
         return _unavailable("retry_queue_unavailable", exc, log)
-    if lease:
-        # Remembered as waiting, so that Didomi delivering it again is recognised as a duplicate.
-        _finish(deps, lease, add_pending=pending.position)
+    if outcome.kind == RATE_LIMITED:
+        count("EventsHandedOff")
     count("EventsQueued")
     logger.warning(
         "event queued for retry",
-        extra={**log, "reason": pending.first_failure_reason, "braze_status": outcome.status, "retry_in_seconds": delay},
+        extra={**log, "reason": outcome.reason, "braze_status": outcome.status, "retry_in_seconds": delay},
     )
-    return Answer(202, {"status": "queued", "reason": pending.first_failure_reason, "retry_in_seconds": delay})
+    return Answer(202, {"status": "queued", "reason": outcome.reason, "retry_in_seconds": delay})
 
 
-def _finish(
-    deps: Dependencies, lease: tuple[str, str], commit: dict[str, str] | None = None, add_pending: str | None = None
-) -> None:
-    """Record the outcome and give the lease back. If that fails the lease simply runs out; the answer stands."""
-    key, owner = lease
+def _park(pending: PendingChange, outcome: Outcome, deps: Dependencies, log: dict) -> Answer:
+    why = DeadLetter(
+        outcome.reason,
+        attempts=1,
+        first_failure_at=pending.first_failure_at or iso_utc(deps.clock()),
+        last_braze_status=outcome.status,
+        event_id=pending.change.event_id,
+        category="braze_rejected",
+    )
     try:
-        if not deps.state.finish(key, owner, deps.clock(), commit=commit, add_pending=add_pending):
-            logger.error(
-                "the user's lease ran out before the update was recorded", extra={"lease_seconds": WEBHOOK_LEASE_SECONDS}
-            )
-    except StateTableUnavailable as exc:
-        logger.error("could not record the outcome in the state table; the lease will run out", extra={"problem": str(exc)})
+        deps.queue.dead_letter(pending.ready_to_replay().to_json(), why)
+    except Exception as exc:
+        return _unavailable("dead_letter_queue_unavailable", exc, log)
+    count_by("EventsDeadLettered", "reason", why.category)
+    logger.error("event dead-lettered: Braze rejected it", extra={**log, "reason": why.reason, "braze_status": outcome.status})
+    return Answer(200, {"status": "dead_lettered", "reason": why.reason})
 
 
-def _skip(event_type: str, reason: str, detail: str) -> Answer:
+def _skipped(event_type: str, reason: str, detail: str) -> Answer:
     count_by("EventsSkipped", "reason", reason)
     logger.info("event skipped", extra={"event_type": event_type, "reason": reason, "detail": detail})
     return Answer(200, {"status": "skipped", "reason": reason, "detail": detail})
 
 
-def _refresh_connector(deps: Dependencies) -> None:
-    """After a 401/403 the key may have been rotated: drop the cached document so the retry reads it anew."""
-    try:
-        deps.connector(force=True)
-    except ConfigurationError as exc:
-        logger.error("connector secret unreadable while refreshing after 401/403", extra={"problem": str(exc)})
+def _rejected(exc: InvalidWebhook) -> Answer:
+    count("WebhookRejected")
+    logger.warning("webhook refused: invalid body", extra={"problem": str(exc)})
+    return Answer(400, {"status": "rejected", "error": str(exc)})
 
 
 def _authenticated(request: WebhookRequest, deps: Dependencies) -> bool:
@@ -263,9 +226,3 @@ def _unavailable(kind: str, exc: Exception, log: dict | None = None) -> Answer:
     count_by("WebhookUnavailable", "cause", kind)
     logger.error("event not accepted; Didomi will deliver it again", extra={**(log or {}), "cause": kind, "problem": str(exc)})
     return Answer(503, {"status": "unavailable", "error": f"the event could not be processed now ({kind}); retry later"})
-
-
-def _reason(outcome: BrazeOutcome) -> str:
-    if outcome.item_errors:
-        return "braze rejected the object: " + "; ".join(sorted(set(outcome.item_errors.values())))
-    return outcome.reason

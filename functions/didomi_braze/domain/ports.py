@@ -1,0 +1,118 @@
+"""What the use cases need from the outside world, as small protocols. The adapters implement them for AWS and
+Braze; the sandbox implements them in memory (checked against the real ones) for simulations and property tests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .braze import BrazeOutcome
+from .ordering import StoredInput
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """What the state table holds for one user."""
+
+    inputs: dict[str, StoredInput] = field(default_factory=dict)  # the merged Didomi state
+    revision: int = 0  # incremented by every claim: an exact merge is written only on the revision it read
+    lease_owner: str | None = None
+    lease_until: float = 0.0
+    lease_event: str | None = None  # what the lease holder is delivering (for operators)
+
+    def leased_at(self, now: float) -> bool:
+        return self.lease_owner is not None and self.lease_until >= now
+
+
+@dataclass(frozen=True)
+class NotNewerThan:
+    """Claim only if no stored input is newer than the one written over it (judged as `stored_not_newer` does)."""
+
+
+@dataclass(frozen=True)
+class AtRevision:
+    """Claim only if the record is still at this revision (0: the record does not exist yet)."""
+
+    revision: int
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """The lease is ours and the inputs are written; `before` is the record as it was."""
+
+    before: UserRecord
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The condition failed (a lease held, an input newer, the revision moved); `current` is the record now."""
+
+    current: UserRecord
+
+
+class StateStore(Protocol):
+    def claim(
+        self,
+        key: str,
+        inputs: Mapping[str, StoredInput],
+        owner: str | None,
+        event: str,
+        now: float,
+        lease_until: float,
+        expect: NotNewerThan | AtRevision,
+    ) -> Claimed | Refused:
+        """In one conditional write: take the user's lease (free, or run out before `now`), write `inputs`, count
+        the revision up. With no `owner`, only merge: no lease is taken or checked. Raises StateUnavailable when the
+        table cannot be reached."""
+        ...
+
+    def release(self, key: str, owner: str, quiet: tuple[str, ...] = ()) -> bool:
+        """Give the lease back if it is still ours, marking these inputs quiet. Raises StateUnavailable."""
+        ...
+
+    def read(self, key: str) -> UserRecord | None:
+        """The user's record, for operators and the slow path. Raises StateUnavailable."""
+        ...
+
+
+class BrazeApi(Protocol):
+    def track(self, server: str, api_key: str, objects: list[dict]) -> BrazeOutcome: ...
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Why a message is parked: these become SQS message attributes, readable without opening the body."""
+
+    reason: str
+    attempts: int  # Braze calls made for it, the webhook's own try included
+    first_failure_at: str
+    last_braze_status: int | None = None
+    event_id: str | None = None
+    category: str = "failed"  # low-cardinality: the metric dimension and the replay grouping
+
+    def attributes(self) -> dict[str, str]:
+        attrs = {
+            "reason": self.reason[:1000],
+            "category": self.category,
+            "attempts": str(self.attempts),
+            "first_failure_at": self.first_failure_at,
+            "last_braze_status": str(self.last_braze_status) if self.last_braze_status is not None else "none",
+        }
+        if self.event_id:
+            attrs["event_id"] = self.event_id[:500]
+        return attrs
+
+
+class RetryQueue(Protocol):
+    def enqueue(self, body: str, delay_seconds: int) -> None:
+        """Send a message to the retry queue, delivered after `delay_seconds` (0-900)."""
+        ...
+
+    def postpone(self, receipt_handle: str, seconds: int) -> None:
+        """Make a received message visible again in `seconds` (the retry schedule's next delay)."""
+        ...
+
+    def dead_letter(self, body: str, why: DeadLetter) -> None:
+        """Park a message on the dead-letter queue with its reason."""
+        ...
