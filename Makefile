@@ -34,7 +34,7 @@ lint: $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/ruff check functions sandbox tests benchmarks fuzz
 	$(VENV)/bin/ruff format --check functions sandbox tests benchmarks fuzz
 	$(VENV)/bin/cfn-lint template.yaml
-	$(VENV)/bin/cfn-lint template.yaml --parameters AuthMode=oauth AllowedSourceCidrs=35.159.1.63/32 RetryReservedConcurrency=2 AlarmEmail=ops@example.com
+	$(VENV)/bin/cfn-lint template.yaml --parameters AuthMode=oauth AllowedSourceCidrs=35.159.1.63/32 RetryMaximumConcurrency=2 AlarmEmail=ops@example.com
 	$(SAM_VENV)/bin/sam validate --lint --template template.yaml --region eu-central-1
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --file template.yaml --framework cloudformation --compact --quiet --skip-download
 

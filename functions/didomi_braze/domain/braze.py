@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .mapping import EMAIL_FIELD, GROUP_PREFIX, BrazeIdentity
 
@@ -49,13 +49,40 @@ class BrazeOutcome:
     retry_at: float | None = None  # epoch seconds before which Braze asked us not to call again (429)
     refresh_credentials: bool = False  # 401/403: the key may have been rotated in the secret
     item_errors: dict[int, str] = field(default_factory=dict)
+    window: RateWindow | None = None  # where the workspace's rate limit stood, as Braze's headers said
 
     def item_error(self, index: int) -> str | None:
         return self.item_errors.get(index)
 
 
+@dataclass(frozen=True)
+class RateWindow:
+    """Braze's `X-RateLimit-*` headers, sent on every request: the workspace's limit, what is left of it in the
+    current window (shared with every other integration of the workspace), and when the window resets."""
+
+    limit: int
+    remaining: int
+    reset: float  # epoch seconds
+
+
 def classify_response(status: int, headers: Mapping[str, str], body: bytes, object_count: int) -> BrazeOutcome:
     """Classify Braze's HTTP answer. Headers are matched case-insensitively."""
+    outcome = _classify(status, headers, body, object_count)
+    window = rate_window(headers)
+    return replace(outcome, window=window) if window else outcome
+
+
+def rate_window(headers: Mapping[str, str]) -> RateWindow | None:
+    found = {name.lower(): value for name, value in headers.items() if name.lower().startswith("x-ratelimit-")}
+    try:
+        limit, remaining = int(found["x-ratelimit-limit"]), int(found["x-ratelimit-remaining"])
+        reset = float(found["x-ratelimit-reset"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return RateWindow(limit, max(remaining, 0), reset)
+
+
+def _classify(status: int, headers: Mapping[str, str], body: bytes, object_count: int) -> BrazeOutcome:
     message = _message(body)
     if 200 <= status < 300:
         if not isinstance(message, dict) or message.get("message") != "success":

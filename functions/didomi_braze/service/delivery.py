@@ -29,6 +29,7 @@ from ..domain.errors import ConfigurationError, StateUnavailable
 from ..domain.mapping import desired, fields_reading, values_of
 from ..domain.ordering import Merge, merge, newest, quietly
 from ..domain.ports import AtRevision, BrazeApi, Claimed, NotNewerThan, StateStore, UserRecord
+from ..domain.ratelimit import RateGauge
 from ..domain.retry import UserWork
 from ..observability import count, logger
 
@@ -85,6 +86,7 @@ class Delivery:
         objects_per_request: int,
         braze_seconds: float,
         concurrency: int = STATE_TABLE_CONCURRENCY,
+        gauge: RateGauge | None = None,
     ):
         self.state = state
         self.braze = braze
@@ -93,6 +95,7 @@ class Delivery:
         self.objects_per_request = objects_per_request
         self.braze_seconds = braze_seconds  # the longest one Braze call can take (connect + read timeouts)
         self.concurrency = concurrency  # state-table round trips side by side (1: one after the other)
+        self.gauge = gauge or RateGauge()  # Braze's rate-limit window, as this container last saw it
 
     # -- the flow --------------------------------------------------------------------------------------------
     def deliver(
@@ -217,11 +220,14 @@ class Delivery:
 
     # -- send and settle -------------------------------------------------------------------------------------
     def _send(self, ready: list[tuple[int, _Claim]], config: ConnectorConfig, deadline: float):
-        limited: BrazeOutcome | None = None
         for start in range(0, len(ready), self.objects_per_request):
             chunk = ready[start : start + self.objects_per_request]
-            if limited is not None:  # Braze is limiting this workspace: the rest waits for the reset, uncalled
-                yield from ((i, self._settle(c, limited, called=False)) for i, c in chunk)
+            spent_until = self.gauge.spent_until(self.clock())
+            if spent_until is not None:  # the workspace's window is spent: the rest waits for the reset, uncalled
+                wait = BrazeOutcome(
+                    RATE_LIMITED, "braze rate limit reached: waiting for the window to reset", retry_at=spent_until
+                )
+                yield from ((i, self._settle(c, wait, called=False)) for i, c in chunk)
                 continue
             if not self._time_for_a_call(chunk, deadline):
                 yield from ((i, _out_of_time(c, self.clock())) for i, c in chunk)
@@ -235,8 +241,6 @@ class Delivery:
                     else:
                         yield i, _out_of_time(claim, self.clock())
                 continue
-            if answer.kind == RATE_LIMITED:
-                limited = answer
             yield from ((i, self._settle(c, answer, item_error=answer.item_error(n))) for n, (i, c) in enumerate(chunk))
             if answer.refresh_credentials:
                 config = self._refreshed(config)
@@ -250,6 +254,7 @@ class Delivery:
         count("BrazeRequests")
         objects = [attributes_object(c.user.identity, c.send, config.upsert_mode) for c in claims]
         answer = self.braze.track(config.server, config.api_key, objects)
+        self.gauge.observe(answer, self.clock())
         if answer.kind == RATE_LIMITED:
             count("BrazeRateLimited")
         return answer

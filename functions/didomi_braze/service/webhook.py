@@ -27,6 +27,7 @@ from .delivery import BUSY, SKIPPED, UNAVAILABLE, Outcome
 from .dependencies import Dependencies
 
 MAX_BODY_BYTES = 256 * 1024
+HANDED_OFF = "handed_off"  # queued for the batched worker without a call: Braze's window is nearly spent
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,16 @@ def receive_webhook(request: WebhookRequest, load_dependencies: Callable[[], Dep
 
 def _deliver(change: Change, config: ConnectorConfig, deps: Dependencies, deadline: float | None) -> Answer:
     log = {"event_type": change.event_type, "event_id": change.event_id, "user_ref": deps.user_ref(change.identity.key)}
+    now = deps.clock()
+    limited_until = deps.delivery.gauge.hand_off_until(now)
+    if limited_until is not None:
+        # Braze's window is nearly spent: one request per user would only meet 429s. The batched worker sends up
+        # to 50 users per request; it merges the change exactly as this invocation would have.
+        reason = "braze rate limit nearly reached: handed to the batched worker"
+        handed = Outcome(HANDED_OFF, reason, retry_at=limited_until)
+        return _queue(_pending(change, handed, deps), handed, deps, log)
     user = UserWork(change.identity)
     user.add(change)
-    now = deps.clock()
     lease_until = now + deps.webhook_lease_seconds
     [outcome] = deps.delivery.deliver([user], config, lease_until, deadline=deadline or lease_until, merge_when_busy=True)
     log.update(fields=outcome.sent or None)
@@ -122,7 +130,7 @@ def _pending(change: Change, outcome: Outcome, deps: Dependencies) -> PendingCha
     return PendingChange(
         change=change,
         # BUSY without a merge result (the state kept moving) leaves the judging to the worker.
-        owed=outcome.owed if outcome.kind != BUSY or outcome.owed else None,
+        owed=outcome.owed if outcome.kind not in (BUSY, HANDED_OFF) or outcome.owed else None,
         reason=outcome.reason,
         queued_at=now,
         failures=1 if failed else 0,
@@ -135,13 +143,15 @@ def _queue(pending: PendingChange, outcome: Outcome, deps: Dependencies, log: di
     now = deps.clock()
     if outcome.kind == RETRYABLE:
         delay = deps.schedule.delay_after_failure(1)
+    elif outcome.kind == HANDED_OFF:
+        delay = 0  # the worker's own reading of the window decides when it calls
     else:  # rate limited, or another invocation holds the user: wait for the reset, or the lease to run out
         delay = deps.schedule.wait_until(outcome.retry_at, now, at_least=1)
     try:
         deps.queue.enqueue(pending.to_json(), delay)
     except Exception as exc:
         return _unavailable("retry_queue_unavailable", exc, log)
-    if outcome.kind == RATE_LIMITED:
+    if outcome.kind in (RATE_LIMITED, HANDED_OFF):
         count("EventsHandedOff")
     count("EventsQueued")
     logger.warning(
