@@ -65,15 +65,20 @@ preview: $(VENV)/.installed
 put-config: $(VENV)/.installed
 	$(PY) -m sandbox put-config $(FILE) --secret-id $(SECRET_ID)
 
-## make bench: cold start, warm event, worker, memory and package size against same-run baselines (a few minutes)
-bench: $(VENV)/.installed $(SAM_VENV)/.installed
+# The benchmarks' fresh processes run like Lambda's: Python 3.13 with boto3, on the `sam build` artifact. Without a
+# python3.13 that runs (a pyenv shim for an unselected version does not), they say so and use this interpreter.
+PY313 := $(shell for p in $$(command -v python3.13) $$HOME/.pyenv/versions/3.13*/bin/python3.13; do \
+	"$$p" -c "" 2>/dev/null && echo "$$p" && break; done)
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed:
+	@if [ -n "$(PY313)" ]; then \
+		$(PY313) -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+			$$(grep -E '^boto3==' requirements.txt) && touch $@; \
+	else echo "no python3.13 found: the benchmarks run on $(PYTHON)"; fi
+
+## make bench: cold start, warm event, worker, memory and package size against same-run baselines (about 10 minutes)
+bench: $(VENV)/.installed $(SAM_VENV)/.installed $(BENCH_VENV)/.installed
 	$(PY) -m benchmarks
 
-## make fuzz DURATION=600: atheris over parsing, mapping and Braze answers, seeded from events/ (seconds)
-DURATION ?= 60
-fuzz: $(VENV)/.installed
-	$(PY) -m pip install --quiet --disable-pip-version-check -r fuzz/requirements.txt
-	$(PY) -m fuzz.run -max_total_time=$(DURATION) -rss_limit_mb=2048
-
 clean:
-	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .aws-sam .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) $(BENCH_VENV) .aws-sam .pytest_cache .ruff_cache .hypothesis

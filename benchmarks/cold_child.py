@@ -2,11 +2,13 @@
 the same work (both secrets, the state-table request, one Braze call) with nothing but boto3 and urllib3
 (the state-table request goes through the thin StateTable adapter, which is a boto3 call and nothing else).
 
-Prints one JSON line: seconds spent importing and serving the first event."""
+`noop` only starts and exits: the interpreter's own share, subtracted from instruction counts.
+
+Prints one JSON line: wall and CPU seconds spent importing and serving the first event."""
 
 import time
 
-STARTED = time.perf_counter()
+STARTED, STARTED_CPU = time.perf_counter(), time.process_time()
 
 import json  # noqa: E402
 import os  # noqa: E402
@@ -24,21 +26,21 @@ class Context:
         return 15_000
 
 
-def handler_run(event: dict) -> tuple[float, int]:
+def handler_run(event: dict) -> tuple[tuple[float, float], int]:
     from didomi_braze.handlers.webhook import handler
 
-    imported = time.perf_counter()
+    imported = time.perf_counter(), time.process_time()
     status = handler(event, Context())["statusCode"]
     return imported, status
 
 
-def baseline_run(event: dict) -> tuple[float, int]:
+def baseline_run(event: dict) -> tuple[tuple[float, float], int]:
     import hmac
 
     import boto3
     import urllib3
 
-    imported = time.perf_counter()
+    imported = time.perf_counter(), time.process_time()
     secrets, dynamodb = boto3.client("secretsmanager"), boto3.client("dynamodb")
     token = secrets.get_secret_value(SecretId=os.environ["WEBHOOK_SECRET_ID"])["SecretString"]
     if not hmac.compare_digest(event["headers"]["authorization"].encode(), f"Bearer {token}".encode()):
@@ -72,6 +74,18 @@ def baseline_run(event: dict) -> tuple[float, int]:
 
 if __name__ == "__main__":
     kind, event_json = sys.argv[1], sys.argv[2]
-    imported, status = (handler_run if kind == "handler" else baseline_run)(json.loads(event_json))
-    done = time.perf_counter()
-    print(json.dumps({"import": imported - STARTED, "first_event": done - imported, "status": status}))
+    if kind == "noop":
+        sys.exit(0)
+    (imported, imported_cpu), status = (handler_run if kind == "handler" else baseline_run)(json.loads(event_json))
+    done, done_cpu = time.perf_counter(), time.process_time()
+    print(
+        json.dumps(
+            {
+                "import": imported - STARTED,
+                "first_event": done - imported,
+                "import_cpu": imported_cpu - STARTED_CPU,
+                "first_event_cpu": done_cpu - imported_cpu,
+                "status": status,
+            }
+        )
+    )

@@ -8,6 +8,7 @@ from .. import __version__
 from ..domain.braze import TRACK_PATH, BrazeOutcome, classify_response, track_body, transport_failure
 
 USER_AGENT = f"didomi-braze-preference-sync/{__version__}"
+ANSWER_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 MAX_RESPONSE_BYTES = 64 * 1024
 
 
@@ -43,4 +44,6 @@ class BrazeClient:
         except urllib3.exceptions.HTTPError as exc:
             # The exception text can hold the URL but never the headers, so the key cannot leak through it.
             return transport_failure(type(exc).__name__)
-        return classify_response(response.status, response.headers, body, len(objects))
+        # Only the headers the classification reads (urllib3's header dict is case-insensitive; a plain dict is not).
+        headers = {name: value for name in ANSWER_HEADERS if (value := response.headers.get(name)) is not None}
+        return classify_response(response.status, headers, body, len(objects))

@@ -14,7 +14,7 @@ from ..service.webhook import WebhookRequest, receive_webhook
 prepare()  # SDK clients in the init phase
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context  # no custom keys are appended: nothing to clear between invocations
 @metrics.log_metrics
 @event_source(data_class=APIGatewayProxyEventV2)
 def handler(event: APIGatewayProxyEventV2, context) -> dict:

@@ -18,7 +18,7 @@ against it.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -150,7 +150,7 @@ class Delivery:
     def _claim(
         self, user: UserWork, config: ConnectorConfig, now: float, lease_until: float, merge_when_busy: bool
     ) -> _Claim | Outcome:
-        key, owner = user.identity.state_key, uuid.uuid4().hex
+        key, owner = user.identity.state_key, os.urandom(12).hex()
         carried = newest([change.inputs for change in user.changes])
         try:
             result = self.state.claim(key, carried, owner, user.event, now, lease_until, NotNewerThan())
