@@ -128,9 +128,15 @@ class ConsentDelivery(RuleBasedStateMachine):
         self.checked_requests = 0
 
     # -- Didomi ------------------------------------------------------------------------------------------------------
-    @initialize(noisy=st.booleans())
-    def didomi_sends_what_its_schema_allows(self, noisy):
+    @initialize(noisy=st.booleans(), user_webhooks_only=st.booleans())
+    def didomi_sends_what_its_schema_allows(self, noisy, user_webhooks_only):
         self.didomi.noisy = noisy
+        if user_webhooks_only:  # u1's organisation gets user.* webhooks only, stamped by clocks that may disagree
+            self.didomi.user_webhooks_only.add("u1")
+
+    @rule(skew=st.booleans())
+    def didomi_s_clocks_drift(self, skew):
+        self.didomi.skew = skew
 
     @rule(user=st.sampled_from(USERS), values=values_strategy, pending=st.booleans(), cpra=st.booleans())
     def a_user_changes_consent(self, user, values, pending, cpra):
