@@ -251,10 +251,6 @@ def build(build_dir: str) -> dict | str:
                 if f.is_file():
                     zf.write(f, f.relative_to(folder))
         sizes[function] = {"unzipped_mb": unzipped / 1e6, "zipped_mb": archive.stat().st_size / 1e6}
-    bench_python = BENCH_VENV / "bin" / "python"
-    if bench_python.exists():
-        global RUNTIME
-        RUNTIME = Runtime(str(bench_python), Path(build_dir) / "WebhookFunction", "Python 3.13, the sam build artifact")
     return sizes
 
 
@@ -450,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
     build_dir = tempfile.TemporaryDirectory()
     print("sam build …", flush=True)
     results["package"] = build(build_dir.name) if not args.quick else "skipped in --quick"
+    bench_python = BENCH_VENV / "bin" / "python"
+    if isinstance(results["package"], dict) and bench_python.exists():
+        global RUNTIME
+        RUNTIME = Runtime(str(bench_python), Path(build_dir.name) / "WebhookFunction", "Python 3.13, the sam build artifact")
     results["runtime"] = RUNTIME.label
     with build_dir, LocalStack(with_gateway=False, with_poller=False) as stack:
         print(f"cold start ({cold_runs} runs each) …", flush=True)
