@@ -241,8 +241,7 @@ class DidomiOrganization:
     def _users(self, request: ReceivedRequest) -> Answer:
         regulation = request.query.get("regulation", "gdpr")
         wanted = request.query.get("organization_user_id")
-        users = [u for u in self.users.values() if wanted is None or u["organization_user_id"] == wanted]
-        users.sort(key=lambda u: (u["created_at"], u["id"]))
+        users = [u for u in self.users.values() if wanted is None or u["organization_user_id"] == wanted]  # creation order
         offset = 0
         if "$cursor" in request.query:
             try:

@@ -196,6 +196,9 @@ def consent_event(write: WriteBack, users: Sequence[dict], regulation: str) -> d
     return body
 
 
+_DEPTH = {"purpose": 0, "channel": 0, "preference": 1, "value": 1, "preference_channel": 2}  # keywords a form uses
+
+
 @dataclass(frozen=True)
 class _Target:
     form: str  # purpose, preference, preference_channel, value, channel
@@ -253,7 +256,7 @@ def _consents(name: str, value: bool, user: dict | None) -> dict:
 
 def _choose(name: str, targets: list[_Target], current: dict) -> _Target:
     """The place to write. The user's current Didomi state decides when several places could be meant; without
-    it, a mapping value naming a preference, a channel or a value is taken at its word."""
+    it, the keywords a mapping value uses (_values_, _preferences_, _channel_) are taken at their word."""
     if not targets:
         raise UnwritableChange(f"{name} is not a mapping value this connector can write back")
     if len(targets) == 1:
@@ -261,7 +264,8 @@ def _choose(name: str, targets: list[_Target], current: dict) -> _Target:
     present = [t for t in targets if _present(t, current)]
     if len(present) == 1:
         return present[0]
-    structured = [t for t in targets if t.form != "purpose"]
+    deepest = max(_DEPTH[t.form] for t in targets)
+    structured = [t for t in targets if _DEPTH[t.form] == deepest]
     if not present and len(structured) == 1:
         return structured[0]
     raise UnwritableChange(
