@@ -113,12 +113,15 @@ class DidomiClient:
         payload = json.dumps(body, separators=(",", ":")).encode()
         return self._call("POST", EVENTS_PATH, query, payload, creating="id" in body)
 
-    def users(self, organization_user_id: str | None = None) -> Iterator[dict]:
-        """Every consent user of the organisation (or those with this organization_user_id), page after page."""
+    def users(self, organization_user_id: str | None = None, regulation: str | None = None) -> Iterator[dict]:
+        """Every consent user of the organisation (or those with this organization_user_id), page after page, with
+        their consents under `regulation` (Didomi's default: GDPR)."""
         cursor: str | None = None
         seen: set[str] = set()
         while True:
             query = {"organization_user_id": organization_user_id} if organization_user_id is not None else {}
+            if regulation is not None:
+                query["regulation"] = regulation
             if cursor is not None:
                 query["$cursor"] = cursor
             answer = self._call("GET", USERS_PATH, query, None)

@@ -128,8 +128,8 @@ class DidomiApi(Protocol):
         """`POST /consents/events` in the secret's organisation. WRITTEN also when Didomi already has the event's id."""
         ...
 
-    def users(self, organization_user_id: str | None = None) -> Iterator[dict]:
-        """`GET /consents/users`, every page. Raises DidomiUnavailable with the classified answer."""
+    def users(self, organization_user_id: str | None = None, regulation: str | None = None) -> Iterator[dict]:
+        """`GET /consents/users`, every page, consents under `regulation` (default GDPR). Raises DidomiUnavailable."""
         ...
 
 

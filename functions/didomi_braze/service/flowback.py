@@ -207,7 +207,8 @@ class _Batch:
         pending, first = [], set()
         for e in events:
             key = e.event.ledger_key
-            if key in handled or key in first:
+            replayed = e.file is None  # an event moved back from the dead-letter queue: it was recorded when parked
+            if (key in handled and not replayed) or key in first:
                 self._skipped(e, "duplicate", "this Currents event was handled before (Currents delivers at least once)")
                 continue
             first.add(key)
@@ -239,7 +240,7 @@ class _Batch:
                 e.reason = f"state table unavailable: {exc}"
             return
         merged = dict(record.inputs) if record else {}
-        didomi_users: list[dict] | None = None
+        didomi_users: dict[str, list[dict]] = {}  # per regulation: the user's Didomi records, as this batch left them
         for index, e in enumerate(events):
             if self.deps.clock() > work_until:
                 for rest in events[index:]:
@@ -249,37 +250,35 @@ class _Batch:
             if isinstance(decision, SkipBack):
                 self._skipped(e, decision.reason, decision.detail)
                 continue
-            if didomi_users is None:
-                try:
-                    count("DidomiRequests")
-                    didomi_users = list(self.flow.didomi.users(decision.identity.value))
-                except DidomiUnavailable as exc:
-                    self._didomi_failed(events[index:], exc.answer)
-                    return
-            if current_value(didomi_users, decision.input) is decision.value:
-                self._skipped(e, "no_change", f"Didomi already has {decision.input} = {str(decision.value).lower()}")
-                continue
-            written = self._write(e, decision, didomi_users, config)
-            if written is None:
+            try:
+                answer = self._write(e, decision, didomi_users, config)
+            except DidomiUnavailable as exc:
+                answer = exc.answer
+            if answer is None:
                 continue  # parked
-            answer, consents = written
             if answer.kind != WRITTEN:
                 self._didomi_failed(events[index:], answer)
                 return
+            # Written, or Didomi had it already: either way the merged state now holds it (the webhook skips the
+            # events the flow back writes, so the merged state learns it here or not at all).
             merged[decision.input] = decision.stored
-            didomi_users = with_event(didomi_users, consents, decision.identity.value)
-            e.fate, e.reason, e.written = DONE, "written to Didomi", decision
-            count("DidomiEventsWritten")
-            logger.info(
-                "braze change written to Didomi",
-                extra={**self._log(e), "input": decision.input, "value": decision.value, "duplicate": answer.duplicate},
-            )
+            e.fate, e.written = DONE, decision
 
-    def _write(self, e: _Event, write: WriteBack, users: list[dict], config: ConnectorConfig) -> tuple[DidomiAnswer, dict] | None:
-        """One consent event per configured regulation (the forward path reads them all into the same inputs).
-        Returns the last answer and the consents written; None when the change was parked."""
-        answer, body = None, {}
+    def _write(
+        self, e: _Event, write: WriteBack, didomi_users: dict[str, list[dict]], config: ConnectorConfig
+    ) -> DidomiAnswer | None:
+        """One consent event per configured regulation that does not hold the value yet (the forward path reads
+        every configured regulation into the same inputs). Returns the last answer (WRITTEN when there was nothing
+        to write); None when the change was parked. Raises DidomiUnavailable when the user cannot be read."""
+        answer = DidomiAnswer(WRITTEN, "Didomi already has it")
+        wrote = []
         for regulation in sorted(config.regulations):
+            if regulation not in didomi_users:
+                count("DidomiRequests")
+                didomi_users[regulation] = list(self.flow.didomi.users(write.identity.value, regulation))
+            users = didomi_users[regulation]
+            if current_value(users, write.input) is write.value:
+                continue
             try:
                 body = consent_event(write, users, regulation)
             except UnwritableChange as exc:
@@ -293,9 +292,22 @@ class _Batch:
                 self._park_event(e, answer.reason, "didomi_rejected", answer.status)
                 return None
             if answer.kind != WRITTEN:
-                break
-        assert answer is not None  # properties.regulations is never empty
-        return answer, body["consents"]
+                return answer
+            didomi_users[regulation] = with_event(users, body["consents"], write.identity.value)
+            wrote.append(regulation)
+        if wrote:
+            e.reason = "written to Didomi"
+            count("DidomiEventsWritten")
+            logger.info(
+                "braze change written to Didomi",
+                extra={**self._log(e), "input": write.input, "value": write.value, "regulations": wrote},
+            )
+        else:
+            detail = f"Didomi already has {write.input} = {str(write.value).lower()}"
+            count_by("CurrentsEventsSkipped", "reason", "no_change")
+            logger.info("braze change not written to Didomi", extra={**self._log(e), "reason": "no_change", "detail": detail})
+            e.reason = detail
+        return answer
 
     def _didomi_failed(self, events: list[_Event], answer: DidomiAnswer) -> None:
         """The change could not be written, and the user's later changes wait for it (they are judged after it)."""
