@@ -512,3 +512,20 @@ def test_every_configured_regulation_gets_the_change(world):
 
 def _records_of(world: World) -> list[dict]:
     return [record_of(c) for c in world.braze.subscription_changes if c.group_id is None]
+
+
+def test_an_unreadable_didomi_secret_fails_the_batch_loudly_and_loses_nothing(world):
+    from didomi_braze.adapters.didomi_api import DidomiClient
+    from didomi_braze.domain.errors import ConfigurationError
+    from sandbox.memory_flowback import MemoryDidomiTransport
+
+    def unfilled(force: bool):
+        raise ConfigurationError("Didomi secret arn:didomi: key is required (a Didomi API key)")
+
+    world.flow.didomi = DidomiClient(
+        unfilled, "https://api.didomi.io", MemoryDidomiTransport(world.didomi, world.clock), world.clock
+    )
+    world.in_braze(email="unsubscribed")
+    with pytest.raises(ConfigurationError, match="key is required"):
+        world.currents_arrive()
+    assert world.ingest_queues.retries.depth() == 1 and not world.parked() and not world.didomi.events

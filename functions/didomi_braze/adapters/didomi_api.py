@@ -33,7 +33,7 @@ from ..domain.didomi_api import (
     transport_failure,
     users_page,
 )
-from ..domain.errors import ConfigurationError, DidomiUnavailable
+from ..domain.errors import DidomiUnavailable
 
 USER_AGENT = f"didomi-braze-preference-sync/{__version__}"
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # a page of 100 users with their consents
@@ -142,10 +142,7 @@ class DidomiClient:
 
     # -- calls -----------------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, query: dict[str, str], body: bytes | None, creating: bool = False) -> DidomiAnswer:
-        try:
-            credentials = self._load()
-        except ConfigurationError as exc:
-            return DidomiAnswer(RETRYABLE, f"didomi credentials unavailable: {exc}", refresh_credentials=True)
+        credentials = self._load()  # ConfigurationError: the secret is unreadable or unfilled, the caller fails loudly
         failed_token: str | None = None
         answer: DidomiAnswer | None = None
         for _ in range(2):  # a 401 gets one new session, then counts as a failure

@@ -125,7 +125,8 @@ class RetryQueue(Protocol):
 # -- the flow back (Braze → Didomi) ----------------------------------------------------------------------------
 class DidomiApi(Protocol):
     def create_event(self, body: dict, disable_integrations: bool = False) -> DidomiAnswer:
-        """`POST /consents/events` in the secret's organisation. WRITTEN also when Didomi already has the event's id."""
+        """`POST /consents/events` in the secret's organisation. WRITTEN also when Didomi already has the event's id.
+        Raises ConfigurationError when the credentials cannot be read (as `users` does)."""
         ...
 
     def users(self, organization_user_id: str | None = None, regulation: str | None = None) -> Iterator[dict]:

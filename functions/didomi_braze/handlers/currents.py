@@ -33,13 +33,14 @@ def handler(event: SQSEvent, context) -> dict:
     ]
     try:
         deps, flow = dependencies(), flow_back()
+        deadline = time.time() + context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN_SECONDS
+        failures = ingest_batch(records, deps, flow, deadline)
     except ConfigurationError as exc:
-        # The whole batch fails and comes back: nothing is lost, and Lambda's Errors metric shows the outage.
+        # A setting, the connector document or the Didomi secret is broken: the whole batch fails and comes back
+        # (what was written is idempotent), and Lambda's Errors metric shows the outage. Nothing is lost.
         count("IngestUnavailable")
         logger.error("IngestFunction cannot run: fix the configuration", extra={"problem": str(exc), "batch_size": len(records)})
         raise
-    deadline = time.time() + context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN_SECONDS
-    failures = ingest_batch(records, deps, flow, deadline)
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failures]}
 
 
