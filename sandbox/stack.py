@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import secrets as token_source
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -45,6 +46,7 @@ class LocalStack:
         with_poller: bool = True,
         with_currents: bool = False,
         currents_opt_ins: bool = False,
+        braze_clock: Callable[[], float] | None = None,
     ):
         self.retry_delays = retry_delays
         self.connector_path = connector_path
@@ -52,6 +54,7 @@ class LocalStack:
         self.webhook_port = webhook_port
         self.with_gateway, self.with_poller = with_gateway, with_poller
         self.with_currents, self.currents_opt_ins = with_currents, currents_opt_ins
+        self.braze_clock = braze_clock  # when Braze records its changes (Currents' `time`); default: now
         self.moto: ThreadedMotoServer | None = None
         self.braze: BrazeEmulator | None = None
         self.didomi: DidomiEmulator | None = None
@@ -89,7 +92,8 @@ class LocalStack:
 
         document = json.loads(self.connector_path.read_text())
         api_key = document.get("authentication", {}).get("api_key") or token_source.token_hex(16)
-        self.braze = BrazeEmulator(api_key=api_key, known_users=DEMO_USERS).start()
+        clock = {"clock": self.braze_clock} if self.braze_clock else {}
+        self.braze = BrazeEmulator(api_key=api_key, known_users=DEMO_USERS, **clock).start()
         document.setdefault("authentication", {})["server"] = self.braze.url
         document["authentication"]["api_key"] = api_key
 

@@ -44,7 +44,7 @@ def test_make_demo_runs_the_whole_scenario_and_exits_0():
 
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "compressed for the demo (production default: 30,45,60,75,90 s)" in out
+    assert "compressed for the demo (production default: 30,45,55,65,75 s)" in out
     assert "webhook answered 200 delivered" in out
     assert "webhook answered 200 skipped: pending" in out
     assert "retry 2 delivered it to Braze" in out
@@ -53,6 +53,12 @@ def test_make_demo_runs_the_whole_scenario_and_exits_0():
     assert "external_id:customer-42      email_subscribe=unsubscribed" in out
     assert "external_id:customer-9       email_subscribe=opted_in" in out
     assert "Dead-letter queue: 1 message(s)" in out and "Retry queue: 0 message(s) left" in out
+    # The flow back: the unsubscribe made in Braze reaches Didomi once, and nothing comes back.
+    assert "1 consent event written to Didomi; customer-7 newsletter is now false in Didomi" in out
+    assert "5 echo" in out
+    assert "event.created -> webhook answered 200 skipped: from_braze" in out
+    assert "user.updated -> webhook answered 200 skipped: from_braze" in out
+    assert "Braze calls caused by Didomi's notifications: 0" in out
     assert "Traceback" not in result.stderr
     assert time.monotonic() - started < 60
 
