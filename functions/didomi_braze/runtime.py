@@ -11,26 +11,25 @@ import math
 import os
 import time
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 
 from .adapters.braze_client import BrazeClient
-from .adapters.currents_files import S3CurrentsFiles
-from .adapters.didomi_api import DidomiClient, DidomiCredentialsSource, Urllib3Transport
-from .adapters.event_ledger import DynamoEventLedger
 from .adapters.queues import Queues
 from .adapters.secrets import ConnectorSource, SecretStore, WebhookTokens
 from .adapters.state_table import StateTable
 from .domain.access import AccessPolicy
 from .domain.braze import DEFAULT_OBJECTS_PER_REQUEST, MAX_OBJECTS_PER_REQUEST
-from .domain.didomi_api import didomi_base_url
 from .domain.errors import ConfigurationError
 from .domain.schedule import RetrySchedule
 from .service.delivery import LEASE_MARGIN_SECONDS, Delivery
 from .service.dependencies import Dependencies
-from .service.flowback import FlowBack
+
+if TYPE_CHECKING:
+    from .service.flowback import FlowBack
 
 SECRET_MAX_AGE_SECONDS = 300
 
@@ -98,7 +97,14 @@ def prepare_flow_back() -> None:
 
 @lru_cache(maxsize=1)
 def flow_back() -> FlowBack:
-    """IngestFunction's own dependencies: Didomi's API, the Currents files, the ledger and the ingest queues."""
+    """IngestFunction's own dependencies: Didomi's API, the Currents files, the ledger and the ingest queues.
+    Imported here, so that the other functions' cold start does not load the Avro reader."""
+    from .adapters.currents_files import S3CurrentsFiles
+    from .adapters.didomi_api import DidomiClient, DidomiCredentialsSource, Urllib3Transport
+    from .adapters.event_ledger import DynamoEventLedger
+    from .domain.didomi_api import didomi_base_url
+    from .service.flowback import FlowBack
+
     env = _Environment()
     aws = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
     try:

@@ -107,6 +107,16 @@ def test_invoke_runs_a_template_function_with_an_event_file():
 
 
 @pytest.mark.e2e
+def test_invoke_runs_the_ingest_function_with_the_sample_currents_notification():
+    result = sandbox("invoke", "IngestFunction", "-e", "events/ingest-batch.json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.split("\nDidomi received")[0]) == {"batchItemFailures": []}
+    assert "Didomi received POST /v1/consents/events -> 200" in result.stdout
+    assert '"delegate": {"id": "didomi-braze-preference-sync"' in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
 def test_invoke_runs_the_retry_worker_with_an_sqs_event():
     result = sandbox("invoke", "RetryFunction", "-e", "events/retry-batch.json")
     assert result.returncode == 0, result.stderr
