@@ -223,3 +223,15 @@ def test_no_didomi_key_secret_or_token_reaches_a_log_line(aws, didomi, logs):
     assert "braze change written to Didomi" in text and "didomi refused the API key" in text
     for secret in (DIDOMI_KEY, DIDOMI_SECRET, *didomi.tokens, "customer-42@example.com"):
         assert secret not in text
+
+
+def test_many_users_in_one_file_are_written_side_by_side_and_braze_gets_one_request(aws, didomi, braze):
+    base = currents_records(GLOBAL_STATE_CHANGE)[0]
+    records = [{**base, "id": f"evt-{n}", "external_user_id": f"customer-{n}"} for n in range(20)]
+    for n in range(20):
+        braze.add_user(f"external_id:customer-{n}")
+    before = len(braze.track_requests())
+    aws.put_currents(GLOBAL_STATE_CHANGE, records)
+    assert aws.ingest() == []
+    assert sorted(e["user"]["organization_user_id"] for e in didomi.events.values()) == sorted(f"customer-{n}" for n in range(20))
+    assert len(braze.track_requests()) - before == 1  # the merged states, in one request of 20 users

@@ -284,3 +284,16 @@ def test_the_ingest_queues_own_messages_round_trip_and_anything_else_is_malforme
     ):
         with pytest.raises(MalformedRetryMessage):
             parse_ingest_message(body)
+
+
+def test_applying_an_event_to_a_malformed_didomi_record_replaces_what_cannot_be_read():
+    users = [{"consents": {"purposes": {"newsletter": True}, "channels": "email"}}]
+    [user] = with_event(
+        users, {"purposes": [{"id": "newsletter", "enabled": False}], "channels": [{"id": "email", "enabled": False}]}, "c"
+    )
+    assert user["consents"]["purposes"] == [{"id": "newsletter", "enabled": False}]
+    assert user["consents"]["channels"] == [{"id": "email", "enabled": False}]
+    assert (
+        with_event([], {"purposes": [{"id": "offers", "values": {"topics": {"value": "a"}}}]}, "c")[0]["organization_user_id"]
+        == "c"
+    )

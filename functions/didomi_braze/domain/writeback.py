@@ -315,7 +315,7 @@ def with_event(users: Sequence[dict], consents: dict, organization_user_id: str)
     for purpose in consents.get("purposes", []):
         mine = _by_id(current.get("purposes"), purpose["id"])
         if mine is None:
-            current["purposes"] = [*(current.get("purposes") or []), {"id": purpose["id"]}]
+            current["purposes"] = [*_entries(current.get("purposes")), {"id": purpose["id"]}]
             mine = current["purposes"][-1]
         if "enabled" in purpose:
             mine["enabled"] = purpose["enabled"]
@@ -324,7 +324,7 @@ def with_event(users: Sequence[dict], consents: dict, organization_user_id: str)
         for preference in purpose.get("preferences", []):
             theirs = _by_id(mine.get("preferences"), preference["id"])
             if theirs is None:
-                mine["preferences"] = [*(mine.get("preferences") or []), {"id": preference["id"]}]
+                mine["preferences"] = [*_entries(mine.get("preferences")), {"id": preference["id"]}]
                 theirs = mine["preferences"][-1]
             if "enabled" in preference:
                 theirs["enabled"] = preference["enabled"]
@@ -338,6 +338,11 @@ def with_event(users: Sequence[dict], consents: dict, organization_user_id: str)
 def _set_channel(holder: dict, channel: dict) -> None:
     mine = _by_id(holder.get("channels"), channel["id"])
     if mine is None:
-        holder["channels"] = [*(holder.get("channels") or []), dict(channel)]
+        holder["channels"] = [*_entries(holder.get("channels")), dict(channel)]
     else:
         mine["enabled"] = channel["enabled"]
+
+
+def _entries(value: Any) -> list:
+    """A list as Didomi sends it; anything else (malformed) is replaced, as Didomi will replace it."""
+    return value if isinstance(value, list) else []
