@@ -35,6 +35,7 @@ lint: $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/ruff format --check functions sandbox tests benchmarks fuzz
 	$(VENV)/bin/cfn-lint template.yaml
 	$(VENV)/bin/cfn-lint template.yaml --parameters AuthMode=oauth AllowedSourceCidrs=35.159.1.63/32 RetryMaximumConcurrency=2 AlarmEmail=ops@example.com
+	$(VENV)/bin/cfn-lint template.yaml --parameters EnableBrazeCurrents=true BrazeCurrentsPrincipal=210987654321 BrazeCurrentsExternalId=example-external-id CurrentsOptIns=true
 	$(SAM_VENV)/bin/sam validate --lint --template template.yaml --region eu-central-1
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --file template.yaml --framework cloudformation --compact --quiet --skip-download
 
@@ -49,7 +50,7 @@ demo: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(PY) -m sandbox serve
 
-## make invoke FUNCTION=WebhookFunction EVENT=events/webhook-user-created.json
+## make invoke FUNCTION=WebhookFunction EVENT=events/webhook-user-created.json (IngestFunction: events/ingest-batch.json)
 invoke: $(VENV)/.installed
 	$(PY) -m sandbox invoke $(FUNCTION) --event $(EVENT)
 

@@ -7,6 +7,10 @@ set, it counts requests in fixed windows that reset on the clock and answers `X-
 per-object errors in a 201, or a hang past the client's timeout *after* applying the update (the answer is lost,
 the change is not: the worst case for ordering).
 
+Every real change of a user's subscription state is recorded in `subscription_changes`, with the source Braze would
+report to Currents (`REST API` for `/users/track`; `Dashboard`, `Subscription Page`, ... for `change_subscription`,
+which stands for what a user or an agent does in Braze itself): `sandbox/currents.py` exports them as Currents files.
+
 `BrazeEmulator` serves a workspace over HTTP on 127.0.0.1; the in-memory double (`sandbox/memory.py`) calls one
 directly. It is the stand-in for a service the tests cannot reach; it is never loosened to make a test pass.
 """
@@ -18,6 +22,7 @@ import random
 import re
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +51,19 @@ class Answer:
     body: dict
     headers: dict[str, str] = field(default_factory=dict)
     hang: bool = False  # the answer comes too late for the client (the update itself was applied)
+
+
+@dataclass(frozen=True)
+class SubscriptionChange:
+    """One change Braze's Currents reports: `users.behaviors.subscription.GlobalStateChange` (no group) or
+    `users.behaviors.subscriptiongroup.StateChange`."""
+
+    id: str
+    identity_key: str  # "external_id:<id>" or "email:<address>"
+    state: str  # as /users/track writes it: opted_in, subscribed, unsubscribed
+    time: int  # epoch seconds
+    source: str  # Currents' state_change_source
+    group_id: str | None = None
 
 
 @dataclass
@@ -77,6 +95,7 @@ class BrazeWorkspace:
         self.requests: list[ReceivedRequest] = []
         self.users: dict[str, BrazeUser] = {key: BrazeUser() for key in known_users}
         self.window_use: dict[int, int] = {}  # window start -> requests counted in it (others' use included)
+        self.subscription_changes: list[SubscriptionChange] = []
         self._faults: deque[str] = deque()
         self._random: tuple[random.Random, float, tuple[str, ...]] | None = None
         self._lock = threading.Lock()
@@ -109,6 +128,22 @@ class BrazeWorkspace:
 
     def state(self, identity_key: str) -> BrazeUser | None:
         return self.users.get(identity_key)
+
+    def change_subscription(
+        self,
+        identity_key: str,
+        email_subscribe: str | None = None,
+        groups: dict[str, str] | None = None,
+        source: str = "Dashboard",
+    ) -> None:
+        """A change made in Braze itself (an unsubscribe link, the preference centre, an agent in the dashboard)."""
+        if email_subscribe is not None and email_subscribe not in EMAIL_STATES:
+            raise ValueError(f"email_subscribe must be one of {EMAIL_STATES}")
+        if any(state not in GROUP_STATES for state in (groups or {}).values()):
+            raise ValueError(f"a group's state must be one of {GROUP_STATES}")
+        with self._lock:
+            user = self.users.setdefault(identity_key, BrazeUser())
+            self._set(identity_key, user, email_subscribe, groups or {}, source)
 
     # -- behaviour -----------------------------------------------------------------------------------------
     def receive(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[ReceivedRequest, Answer]:
@@ -231,11 +266,20 @@ class BrazeWorkspace:
                 if obj.get("_update_existing_only") is True:
                     return  # Braze does not create a profile for an unknown user here
                 user = self.users[key] = BrazeUser()
-            if "email_subscribe" in obj:
-                user.email_subscribe = obj["email_subscribe"]
-            for group in obj.get("subscription_groups", []):
-                user.subscription_groups[group["subscription_group_id"]] = group["subscription_state"]
+            groups = {g["subscription_group_id"]: g["subscription_state"] for g in obj.get("subscription_groups", [])}
+            self._set(key, user, obj.get("email_subscribe"), groups, "REST API")
             user.updates += 1
+
+    def _set(self, key: str, user: BrazeUser, email: str | None, groups: dict[str, str], source: str) -> None:
+        """Apply a change; Currents hears of it only when the state really changes."""
+        now = int(self.clock())
+        if email is not None and email != user.email_subscribe:
+            user.email_subscribe = email
+            self.subscription_changes.append(SubscriptionChange(str(uuid.uuid4()), key, email, now, source))
+        for group_id, state in groups.items():
+            if user.subscription_groups.get(group_id) != state:
+                user.subscription_groups[group_id] = state
+                self.subscription_changes.append(SubscriptionChange(str(uuid.uuid4()), key, state, now, source, group_id))
 
 
 class BrazeEmulator(BrazeWorkspace):

@@ -3,6 +3,7 @@
   demo                      the scripted end-to-end scenario on loopback
   serve                     the local stack until Ctrl-C, for your own payloads
   invoke FUNCTION -e FILE   run a function from template.yaml with an event file, like `sam local invoke`
+                            (IngestFunction: the flow back, with the Didomi emulator and sample Currents files)
   validate-config FILE      check a connector document before putting it in the secret
   preview FILE -e EVENT     the exact Braze request one event would produce, with no network
   put-config FILE --secret-id ID   validate, then store the document in the deployed secret
@@ -167,19 +168,55 @@ def _invoke(args) -> int:
     from .stack import CONNECTOR_EXAMPLE, LocalStack
 
     event = _didomi_event(args.event)
-    with LocalStack(connector_path=args.connector or CONNECTOR_EXAMPLE, with_gateway=False, with_poller=False) as stack:
+    flow_back = args.function == "IngestFunction"
+    connector = args.connector or CONNECTOR_EXAMPLE
+    with LocalStack(connector_path=connector, with_gateway=False, with_poller=False, with_currents=flow_back) as stack:
         try:
             spec = stack.stack.function(args.function)
         except KeyError as exc:
             raise UsageError(exc.args[0]) from None
+        if flow_back:
+            event = _with_local_currents(stack, event)
         with function_output_to(sys.stderr):  # logs and metrics on stderr, the result on stdout, as sam does
             result = invoke(spec, event)
         print(json.dumps(result, indent=2), flush=True)
+        if flow_back:
+            for request in stack.didomi.requests:
+                if request.path == "/v1/consents/events":
+                    print(f"Didomi received POST {request.path} -> {request.status}: {json.dumps(request.body)}")
         for request in stack.braze.track_requests():
             print(f"Braze received POST {request.path} -> {request.status}: {json.dumps(request.body)}")
         if not stack.braze.track_requests():
             print("Braze received no request")
     return 0
+
+
+def _with_local_currents(stack, event: dict) -> dict:
+    """The ingest event pointed at the local Currents bucket, whose files it names are written (if missing) from
+    events/currents-records.json, as Braze would have written them."""
+    import urllib.parse
+
+    from didomi_braze.domain.currents import event_type_of
+
+    from .currents import SCHEMAS, avro_file
+    from .template import ROOT
+
+    samples = json.loads((ROOT / "events" / "currents-records.json").read_text())
+    bucket = stack.stack.bucket_names["CurrentsBucket"]
+    for record in event.get("Records", []):
+        try:
+            body = json.loads(record.get("body") or "")
+        except ValueError:
+            continue
+        for notified in body.get("Records", []) if isinstance(body, dict) else []:
+            s3 = notified.get("s3", {})
+            s3.setdefault("bucket", {})["name"] = bucket
+            key = urllib.parse.unquote_plus(s3.get("object", {}).get("key", ""))
+            event_type = event_type_of(key)
+            if event_type in SCHEMAS and "Contents" not in stack.s3.list_objects_v2(Bucket=bucket, Prefix=key):
+                stack.s3.put_object(Bucket=bucket, Key=key, Body=avro_file(event_type, samples[event_type]))
+        record["body"] = json.dumps(body)
+    return event
 
 
 def _didomi_event(path: Path) -> dict:

@@ -2,21 +2,27 @@
 
 A scripted scenario: opt-in with subscription groups, opt-out, a skipped pending event, a skipped non-GDPR
 event, a Braze outage that recovers through retries, one that ends in the dead-letter queue, and requests
-refused for missing authentication or a malformed body. It prints what happened to each event and the final
-Braze state per user.
+refused for missing authentication or a malformed body. Then the flow back: a user unsubscribes in Braze, Braze
+Currents writes its Avro files to the bucket, the unsubscribe reaches Didomi, and neither Didomi's notification
+of it nor Currents' report of the connector's own updates comes back. It prints what happened to each event and
+the final Braze state per user.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TextIO
 
 import urllib3
+
+from didomi_braze.domain.currents import event_type_of
 
 from .lambda_runtime import function_output_to
 from .stack import LocalStack
@@ -24,6 +30,19 @@ from .template import ROOT
 
 DEMO_DELAYS = "1,1,2,2,3"
 PRODUCTION_DELAYS = "30,45,55,65,75"
+# The sample events are dated 2026-05-04; Braze's clock runs on the same day, so that the times Currents reports
+# fall among them as they would in production (a change reaches Braze after Didomi made it).
+SAMPLE_DAY = datetime(2026, 5, 4, 11, 0, tzinfo=UTC).timestamp()
+# customer-7 as Didomi collected it (what step 1's user.created webhook carried), for the flow back's scene.
+CUSTOMER_7 = {
+    "purposes": [
+        {"id": "newsletter", "enabled": True},
+        {"id": "offers", "values": {"topics": {"value": "sales"}}},
+        {"id": "product_updates", "values": {"frequency": {"value": "weekly"}}},
+    ],
+    "channels": [],
+    "vendors": {},
+}
 
 
 @dataclass(frozen=True)
@@ -69,7 +88,10 @@ def run(out: TextIO = sys.stdout, timeout: float = 50.0) -> int:
     log_file = tempfile.NamedTemporaryFile("w", prefix="didomi-braze-demo-", suffix=".log", delete=False)  # noqa: SIM115
     failures = 0
     # The stack sets the functions' environment before their code is imported, as Lambda does.
-    with log_file, LocalStack(retry_delays=DEMO_DELAYS) as stack, function_output_to(log_file):
+    braze_clock = functools.partial(_sample_day_clock, time.time())
+    stack = LocalStack(retry_delays=DEMO_DELAYS, with_currents=True, braze_clock=braze_clock)
+    with log_file, stack, function_output_to(log_file):
+        stack.didomi.add_user("customer-7", CUSTOMER_7)
         _banner(out, stack)
         http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=20))
         for number, step in enumerate(STEPS, start=1):
@@ -87,6 +109,8 @@ def run(out: TextIO = sys.stdout, timeout: float = 50.0) -> int:
                     f"   UNEXPECTED: wanted {step.expect_status}" + ("" if status == step.expect_status else f", got {status}"),
                     file=out,
                 )
+        if not _flow_back(out, stack, log_file.name, len(STEPS) + 1, deadline=started + timeout):
+            failures += 1
         _summary(out, stack)
         print(f"\nFunction logs and metrics (JSON lines): {log_file.name}", file=out)
     elapsed = time.monotonic() - started
@@ -99,6 +123,8 @@ def _banner(out: TextIO, stack: LocalStack) -> None:
     print(f"  AWS (moto server)   {stack.moto_url}   queues and secrets created from template.yaml", file=out)
     print(f"  Braze emulator      {stack.braze.url}", file=out)
     print(f"  Webhook             {stack.gateway.url}", file=out)
+    print(f"  Didomi emulator     {stack.didomi.url}", file=out)
+    print(f"  Currents bucket     s3://{stack.stack.bucket_names['CurrentsBucket']}/currents/ (S3 on moto)", file=out)
     print(f"  Retry delays        {DEMO_DELAYS} s, compressed for the demo (production default: {PRODUCTION_DELAYS} s)", file=out)
 
 
@@ -136,6 +162,60 @@ def _retry_story(stack: LocalStack, calls: list) -> str:
         return f"{retries - 1} failed, retry {retries} delivered it to Braze"
     dead = stack.dead_letters()
     return f"all {retries} failed; parked in the dead-letter queue: {dead[-1].get('reason') if dead else '?'}"
+
+
+def _sample_day_clock(started: float) -> float:
+    return SAMPLE_DAY + (time.time() - started)
+
+
+def _flow_back(out: TextIO, stack: LocalStack, log_path: str, number: int, deadline: float) -> bool:
+    """Braze → Didomi: an unsubscribe made in Braze reaches Didomi and does not come back."""
+    print(
+        f"\n{number}. Braze: customer-7 clicks the unsubscribe link of a newsletter (Subscription Page); "
+        "Currents writes its files",
+        file=out,
+    )
+    stack.braze.change_subscription("external_id:customer-7", email_subscribe="unsubscribed", source="Subscription Page")
+    keys = stack.currents.flush()
+    for key in keys:
+        print(f"   s3://{stack.stack.bucket_names['CurrentsBucket']}/…/event_type={event_type_of(key)}/…avro", file=out)
+    ingest_queue = stack.stack.queue_urls["IngestQueue"]
+    ok = _wait(lambda: stack.didomi.events and stack.queue_depth(ingest_queue) == 0, deadline)
+    written = [e for e in stack.didomi.events.values() if e.get("delegate", {}).get("id") == "didomi-braze-preference-sync"]
+    user = stack.didomi.user("customer-7") or {"consents": {"purposes": []}}
+    newsletter = next((p.get("enabled") for p in user["consents"]["purposes"] if p["id"] == "newsletter"), None)
+    skipped = _skip_reasons(log_path)
+    print(
+        f"   IngestFunction: {len(written)} consent event written to Didomi; customer-7 newsletter is now "
+        f"{str(newsletter).lower()} in Didomi (delegate: {written[0]['delegate']['name'] if written else '-'})",
+        file=out,
+    )
+    print(
+        f"   the other {sum(skipped.values())} Currents events were not written back: "
+        + ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())),
+        file=out,
+    )
+    before = len(stack.braze.track_requests())
+    answers = stack.deliver_didomi_notifications()
+    for kind, status, answer in answers:
+        print(f"   Didomi notifies its integrations: {kind} -> webhook answered {status} {_describe(answer)}", file=out)
+    print(f"   Braze calls caused by Didomi's notifications: {len(stack.braze.track_requests()) - before}", file=out)
+    ok = ok and newsletter is False and len(written) == 1 and bool(answers)
+    ok = ok and all(a.get("reason") == "from_braze" for _, _, a in answers) and "echo" in skipped
+    if not ok:
+        print("   UNEXPECTED: the unsubscribe did not reach Didomi exactly once, or came back", file=out)
+    return ok
+
+
+def _skip_reasons(log_path: str) -> dict[str, int]:
+    """Why the flow back did not write the other Currents events, from the functions' log lines."""
+    reasons: dict[str, int] = {}
+    with open(log_path) as log:
+        for line in log:
+            if '"braze change not written to Didomi"' in line:
+                reason = json.loads(line).get("reason", "?")
+                reasons[reason] = reasons.get(reason, 0) + 1
+    return reasons
 
 
 def _summary(out: TextIO, stack: LocalStack) -> None:

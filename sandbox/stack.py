@@ -1,6 +1,8 @@
 """The whole product on loopback: moto server (SQS, Secrets Manager) provisioned from template.yaml, the Braze
-emulator, WebhookFunction behind an HTTP gateway, and RetryFunction fed by a queue poller. One process,
-daemon threads only: nothing is left running when it stops."""
+emulator, WebhookFunction behind an HTTP gateway, and RetryFunction fed by a queue poller. With `with_currents`,
+the flow back too: the Currents bucket (S3 on moto, notifying the ingest queue), Braze's Currents export writing
+Avro files into it, the Didomi emulator, and IngestFunction fed by a poller. One process, daemon threads only:
+nothing is left running when it stops."""
 
 from __future__ import annotations
 
@@ -8,12 +10,16 @@ import json
 import logging
 import os
 import secrets as token_source
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
+import urllib3
 from moto.server import ThreadedMotoServer
 
 from .braze_emulator import BrazeEmulator
+from .currents import CurrentsExport
+from .didomi_emulator import DidomiEmulator
 from .lambda_runtime import RetryQueuePoller, WebhookGateway
 from .template import ROOT, Stack, provision
 
@@ -21,6 +27,12 @@ REGION = "eu-central-1"
 DEMO_USERS = ("external_id:customer-42", "external_id:customer-7", "external_id:customer-9")
 CONNECTOR_EXAMPLE = ROOT / "events" / "connector.json"
 SAMPLE_WEBHOOK_TOKEN = "local-webhook-token"  # noqa: S105 (the local-only token the events/ files carry)
+# The flow back's template parameters: a Braze account id and external id as Braze's dashboard would show them.
+CURRENTS_PARAMETERS = {
+    "EnableBrazeCurrents": "true",
+    "BrazeCurrentsPrincipal": "210987654321",
+    "BrazeCurrentsExternalId": "local-braze-external-id",
+}
 
 
 class LocalStack:
@@ -32,16 +44,24 @@ class LocalStack:
         webhook_port: int = 0,
         with_gateway: bool = True,
         with_poller: bool = True,
+        with_currents: bool = False,
+        currents_opt_ins: bool = False,
+        braze_clock: Callable[[], float] | None = None,
     ):
         self.retry_delays = retry_delays
         self.connector_path = connector_path
         self.webhook_token = webhook_token
         self.webhook_port = webhook_port
         self.with_gateway, self.with_poller = with_gateway, with_poller
+        self.with_currents, self.currents_opt_ins = with_currents, currents_opt_ins
+        self.braze_clock = braze_clock  # when Braze records its changes (Currents' `time`); default: now
         self.moto: ThreadedMotoServer | None = None
         self.braze: BrazeEmulator | None = None
+        self.didomi: DidomiEmulator | None = None
+        self.currents: CurrentsExport | None = None
         self.gateway: WebhookGateway | None = None
         self.poller: RetryQueuePoller | None = None
+        self.ingest_poller: RetryQueuePoller | None = None
         self.stack: Stack | None = None
         self._saved_env: dict[str, str | None] = {}
 
@@ -72,13 +92,22 @@ class LocalStack:
 
         document = json.loads(self.connector_path.read_text())
         api_key = document.get("authentication", {}).get("api_key") or token_source.token_hex(16)
-        self.braze = BrazeEmulator(api_key=api_key, known_users=DEMO_USERS).start()
+        clock = {"clock": self.braze_clock} if self.braze_clock else {}
+        self.braze = BrazeEmulator(api_key=api_key, known_users=DEMO_USERS, **clock).start()
         document.setdefault("authentication", {})["server"] = self.braze.url
         document["authentication"]["api_key"] = api_key
 
         self.sqs = boto3.client("sqs", region_name=REGION)
         secretsmanager = boto3.client("secretsmanager", region_name=REGION)
         self.dynamodb = boto3.client("dynamodb", region_name=REGION)
+        self.s3 = boto3.client("s3", region_name=REGION)
+        parameters, secret_values = {}, {}
+        if self.with_currents:
+            self.didomi = DidomiEmulator(api_key=token_source.token_hex(12), api_secret=token_source.token_hex(24)).start()
+            parameters = {**CURRENTS_PARAMETERS, "CurrentsOptIns": str(self.currents_opt_ins).lower()}
+            secret_values["DidomiSecret"] = json.dumps(
+                {"key": self.didomi.api_key, "secret": self.didomi.api_secret, "organization_id": self.didomi.organization_id}
+            )
         self.stack = provision(
             self.sqs,
             secretsmanager,
@@ -86,10 +115,22 @@ class LocalStack:
             webhook_token=self.webhook_token,
             connector_document=json.dumps(document),
             region=REGION,
+            parameters=parameters,
+            secret_values=secret_values,
+            s3=self.s3,
         )
         webhook = self.stack.function("WebhookFunction")
         retry = self.stack.function("RetryFunction")
         env = {**retry.environment, **webhook.environment, "BRAZE_ALLOW_LOOPBACK": "true"}
+        ingest = None
+        if self.with_currents:
+            ingest = self.stack.function("IngestFunction")
+            env = {**ingest.environment, **env, "DIDOMI_API_URL": self.didomi.url, "DIDOMI_ALLOW_LOOPBACK": "true"}
+            bucket = self.stack.bucket_names["CurrentsBucket"]
+            folder = self.stack.parameters["CurrentsFolderPath"]
+            self.currents = CurrentsExport(
+                self.braze, lambda key, data: self.s3.put_object(Bucket=bucket, Key=key, Body=data), folder
+            )
         if self.retry_delays:
             env["RETRY_DELAYS_SECONDS"] = self.retry_delays
         self._set_env(env)
@@ -99,6 +140,8 @@ class LocalStack:
             self.gateway = WebhookGateway(webhook, port=self.webhook_port).start()
         if self.with_poller:
             self.poller = RetryQueuePoller(self.sqs, self.retry_queue_url, retry, REGION).start()
+            if ingest is not None:
+                self.ingest_poller = RetryQueuePoller(self.sqs, self.stack.queue_urls["IngestQueue"], ingest, REGION).start()
 
     @property
     def moto_url(self) -> str:
@@ -138,8 +181,23 @@ class LocalStack:
                 }
         return list(found.values())
 
+    def deliver_didomi_notifications(self) -> list[tuple[str, int, dict]]:
+        """Send what Didomi's organisation notified its integrations of to the webhook, as Didomi's webhook
+        integration would (with the custom Authorization header); returns (type, status, answer) per delivery."""
+        http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=20))
+        out = []
+        for notification in self.didomi.drain_notifications():
+            response = http.request(
+                "POST",
+                self.gateway.url,
+                body=json.dumps(notification).encode(),
+                headers={"Authorization": f"Bearer {self.webhook_token}", "Content-Type": "application/json"},
+            )
+            out.append((notification["type"], response.status, json.loads(response.data)))
+        return out
+
     def stop(self) -> None:
-        for part in (self.poller, self.gateway, self.braze):
+        for part in (self.ingest_poller, self.poller, self.gateway, self.braze, self.didomi):
             if part is not None:
                 part.stop()
         if self.moto is not None:
@@ -151,7 +209,7 @@ class LocalStack:
             else:
                 os.environ[name] = value
         self._saved_env.clear()
-        self.poller = self.gateway = self.braze = self.moto = None
+        self.poller = self.ingest_poller = self.gateway = self.braze = self.didomi = self.moto = None
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -175,3 +233,4 @@ class LocalStack:
         runtime = sys.modules.get("didomi_braze.runtime")
         if runtime is not None:
             runtime.dependencies.cache_clear()
+            runtime.flow_back.cache_clear()

@@ -1,8 +1,9 @@
-"""Reads `template.yaml` and provisions its queues and secrets on a moto endpoint, so the local stack and the
-tests run against the template's own resource definitions rather than a hand-written copy.
+"""Reads `template.yaml` and provisions its queues, table, secrets and (with the flow back) the Currents bucket and
+its notifications on a moto endpoint, so the local stack and the tests run against the template's own resource
+definitions rather than a hand-written copy.
 
-Only the intrinsic functions the template uses are resolved (Ref, GetAtt, If, Equals, Not, Sub); anything
-else is an error, so the template cannot silently drift from what this reads.
+Only the intrinsic functions the template uses are resolved (Ref, GetAtt, If, Equals, Not, Sub, Join, Select,
+Split); anything else is an error, so the template cannot silently drift from what this reads.
 """
 
 from __future__ import annotations
@@ -71,9 +72,11 @@ class Stack:
     parameters: dict[str, str]
     region: str
     account: str = "123456789012"
+    stack_id: str = "arn:aws:cloudformation:eu-central-1:123456789012:stack/local/4c1f7a52-0d3e-4b8a-9c61-2e5f0a7b8d13"
     queue_urls: dict[str, str] = field(default_factory=dict)
     secret_arns: dict[str, str] = field(default_factory=dict)
     table_names: dict[str, str] = field(default_factory=dict)
+    bucket_names: dict[str, str] = field(default_factory=dict)
 
     @property
     def retry_queue_url(self) -> str:
@@ -102,6 +105,12 @@ class Stack:
                 return not self.resolve(arg[0])
             if name == "Fn::Sub":
                 return re.sub(r"\$\{([^}]+)\}", lambda m: str(self._sub(m.group(1))), arg)
+            if name == "Fn::Join":
+                return arg[0].join(str(part) for part in self.resolve(arg[1]))
+            if name == "Fn::Select":
+                return self.resolve(arg[1])[int(self.resolve(arg[0]))]
+            if name == "Fn::Split":
+                return str(self.resolve(arg[1])).split(arg[0])
             if name.startswith("Fn::"):
                 raise ValueError(f"template uses {name}, which the local stack does not resolve")
         return {k: v for k, v in ((k, self.resolve(v)) for k, v in value.items()) if v is not _NO_VALUE}
@@ -146,6 +155,10 @@ class Stack:
             return self.region
         if name == "AWS::AccountId":
             return self.account
+        if name == "AWS::StackId":
+            return self.stack_id
+        if name == "AWS::Partition":
+            return "aws"
         if name == "AWS::URLSuffix":
             return "amazonaws.com"
         if name in self.parameters:
@@ -156,9 +169,13 @@ class Stack:
             return self.secret_arns[name]
         if name in self.table_names:
             return self.table_names[name]
+        if name in self.bucket_names:
+            return self.bucket_names[name]
         return name  # a resource the local stack does not create: its logical id stands in
 
     def _get_att(self, resource: str, attribute: str) -> str:
+        if resource in self.bucket_names and attribute == "Arn":
+            return f"arn:aws:s3:::{self.bucket_names[resource]}"
         if resource in self.table_names and attribute == "Arn":
             return f"arn:aws:dynamodb:{self.region}:{self.account}:table/{self.table_names[resource]}"
         if resource in self.queue_urls:
@@ -188,8 +205,14 @@ def provision(
     parameters: dict[str, str] | None = None,
     prefix: str = "",
     template_path: Path = TEMPLATE,
+    secret_values: dict[str, str] | None = None,
+    s3=None,
 ) -> Stack:
-    """Create the template's queues, table and secrets with boto3 clients (pointed at moto); return the stack."""
+    """Create the template's queues, table and secrets with boto3 clients (pointed at moto); return the stack.
+
+    `secret_values` gives a secret's value by logical id (the Didomi credentials, say); otherwise a generated
+    secret is the webhook token and a secret with a string is the connector document. Buckets (and their queue
+    notifications) need an `s3` client."""
     template = load_template(template_path)
     params = {name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()}
     params.update(parameters or {})
@@ -234,6 +257,31 @@ def provision(
         props = resource.get("Properties", {})
         # A generated secret is the webhook token; a secret with a string is the connector document.
         value = webhook_token if "GenerateSecretString" in props else connector_document
+        value = (secret_values or {}).get(logical_id, value)
         arn = secretsmanager.create_secret(Name=f"{prefix}{logical_id}", SecretString=value)["ARN"]
         stack.secret_arns[logical_id] = arn
+
+    buckets = stack.resources("AWS::S3::Bucket")
+    if buckets and s3 is None:
+        raise ValueError("the template creates S3 buckets: provision() needs an s3 client")
+    for logical_id, resource in buckets.items():
+        props = stack.resolve(resource["Properties"])
+        name = f"{prefix}{props.get('BucketName', logical_id)}".lower()
+        s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": region})
+        stack.bucket_names[logical_id] = name
+        notifications = props.get("NotificationConfiguration", {}).get("QueueConfigurations", [])
+        if notifications:
+            s3.put_bucket_notification_configuration(
+                Bucket=name,
+                NotificationConfiguration={
+                    "QueueConfigurations": [
+                        {
+                            "QueueArn": n["Queue"],
+                            "Events": [n["Event"]],
+                            "Filter": {"Key": {"FilterRules": n["Filter"]["S3Key"]["Rules"]}},
+                        }
+                        for n in notifications
+                    ]
+                },
+            )
     return stack

@@ -24,3 +24,13 @@ def connector_document(server: str | None = None, **overrides) -> dict:
         doc["authentication"]["server"] = server
     doc.update(overrides)
     return doc
+
+
+def currents_records(event_type: str) -> list[dict]:
+    """Sample Currents records of one event type, with the fields Braze's event glossary documents."""
+    return json.loads((EVENTS / "currents-records.json").read_text())[event_type]
+
+
+def ingest_batch_event() -> dict:
+    """An SQS event of the ingest queue carrying S3's notification of one Currents file."""
+    return json.loads((EVENTS / "ingest-batch.json").read_text())

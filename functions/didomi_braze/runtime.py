@@ -12,6 +12,7 @@ import math
 import os
 import time
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
@@ -27,6 +28,9 @@ from .domain.errors import ConfigurationError
 from .domain.schedule import RetrySchedule
 from .service.delivery import LEASE_MARGIN_SECONDS, Delivery
 from .service.dependencies import Dependencies
+
+if TYPE_CHECKING:
+    from .service.flowback import FlowBack
 
 SECRET_MAX_AGE_SECONDS = 300
 
@@ -84,6 +88,61 @@ def dependencies() -> Dependencies:
     )
     env.raise_problems()
     return deps
+
+
+def prepare_flow_back() -> None:
+    """IngestFunction's init phase: the forward path's dependencies and the flow back's."""
+    try:
+        dependencies()
+        flow_back()
+    except ConfigurationError:
+        pass
+    gc.freeze()  # as prepare() does
+
+
+@lru_cache(maxsize=1)
+def flow_back() -> FlowBack:
+    """IngestFunction's own dependencies: Didomi's API, the Currents files, the ledger and the ingest queues.
+    Imported here, so that the other functions' cold start does not load the Avro reader."""
+    from .adapters.currents_files import S3CurrentsFiles
+    from .adapters.didomi_api import DidomiClient, DidomiCredentialsSource, Urllib3Transport
+    from .adapters.event_ledger import DynamoEventLedger
+    from .domain.didomi_api import didomi_base_url
+    from .service.flowback import FlowBack
+
+    env = _Environment()
+    aws = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
+    try:
+        secretsmanager = boto3.client("secretsmanager", config=aws)
+        dynamodb = boto3.client("dynamodb", config=aws)
+        s3 = boto3.client("s3", config=Config(connect_timeout=2, read_timeout=30, retries={"mode": "standard"}))
+        sqs = boto3.client("sqs", config=aws)
+    except BotoCoreError as exc:
+        raise ConfigurationError(f"cannot create the AWS clients: {exc}") from None
+    credentials = DidomiCredentialsSource(
+        SecretStore(secretsmanager, max_age=SECRET_MAX_AGE_SECONDS), env.required("DIDOMI_SECRET_ID")
+    )
+    try:
+        base_url = didomi_base_url(os.environ.get("DIDOMI_API_URL"), env.flag("DIDOMI_ALLOW_LOOPBACK"))
+    except ConfigurationError as exc:
+        env.problems.extend(exc.problems)
+        base_url = ""
+    table = env.required("STATE_TABLE_NAME")
+    transport = Urllib3Transport(
+        connect_timeout=env.number("DIDOMI_CONNECT_TIMEOUT_SECONDS", 2.0),
+        read_timeout=env.number("DIDOMI_READ_TIMEOUT_SECONDS", 10.0),
+    )
+    flow = FlowBack(
+        didomi=DidomiClient(lambda force: credentials.load(force=force), base_url, transport, clock=lambda: time.time()),
+        files=S3CurrentsFiles(s3),
+        state=StateTable(dynamodb, table),
+        ledger=DynamoEventLedger(dynamodb, table),
+        queue=Queues(lambda: sqs, env.required("INGEST_QUEUE_URL"), env.required("INGEST_DEAD_LETTER_QUEUE_URL")),
+        schedule=RetrySchedule.parse(os.environ.get("RETRY_DELAYS_SECONDS")),
+        opt_ins=env.flag("CURRENTS_OPT_INS"),
+    )
+    env.raise_problems()
+    return flow
 
 
 class _Environment:

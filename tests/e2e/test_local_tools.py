@@ -53,6 +53,12 @@ def test_make_demo_runs_the_whole_scenario_and_exits_0():
     assert "external_id:customer-42      email_subscribe=unsubscribed" in out
     assert "external_id:customer-9       email_subscribe=opted_in" in out
     assert "Dead-letter queue: 1 message(s)" in out and "Retry queue: 0 message(s) left" in out
+    # The flow back: the unsubscribe made in Braze reaches Didomi once, and nothing comes back.
+    assert "1 consent event written to Didomi; customer-7 newsletter is now false in Didomi" in out
+    assert "5 echo" in out
+    assert "event.created -> webhook answered 200 skipped: from_braze" in out
+    assert "user.updated -> webhook answered 200 skipped: from_braze" in out
+    assert "Braze calls caused by Didomi's notifications: 0" in out
     assert "Traceback" not in result.stderr
     assert time.monotonic() - started < 60
 
@@ -98,6 +104,16 @@ def test_invoke_runs_a_template_function_with_an_event_file():
     answer = json.loads(result.stdout[: result.stdout.index("\n}\n") + 2])
     assert answer["statusCode"] == 200 and json.loads(answer["body"]) == {"status": "delivered"}
     assert '"email_subscribe": "unsubscribed"' in result.stdout
+
+
+@pytest.mark.e2e
+def test_invoke_runs_the_ingest_function_with_the_sample_currents_notification():
+    result = sandbox("invoke", "IngestFunction", "-e", "events/ingest-batch.json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.split("\nDidomi received")[0]) == {"batchItemFailures": []}
+    assert "Didomi received POST /v1/consents/events -> 200" in result.stdout
+    assert '"delegate": {"id": "didomi-braze-preference-sync"' in result.stdout
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.e2e

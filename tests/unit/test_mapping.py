@@ -133,6 +133,7 @@ def test_every_input_of_one_event_shares_the_event_s_position():
         ("user-deleted", "deleted"),
         ("event-deleted", "deleted"),
         ("event-created-cpra", "regulation_not_configured"),
+        ("event-created-from-braze", "from_braze"),
     ],
 )
 def test_skipped_sample_events_say_why(name, reason):
@@ -191,3 +192,27 @@ def test_configured_non_gdpr_regulations_are_applied():
     doc["properties"]["regulations"] = ["gdpr", "cpra"]
     decision = plan(parse_webhook(didomi_body("event-created-cpra")), parse_connector_document(json.dumps(doc)))
     assert _carried(decision) == {NEWSLETTER: False}
+
+
+def test_a_user_change_caused_by_a_flow_back_event_is_skipped():
+    """Didomi sends user.updated with the consent event behind it as `source`: the flow back's tag is there."""
+    tagged = didomi_body("event-created-from-braze")["parameters"]["entity"]
+    body = didomi_body("user-updated")
+    body["parameters"]["source"] = tagged
+    assert _plan("", body).reason == "from_braze"
+    body["parameters"]["source"] = {**tagged, "delegate": {"id": "support-team"}}  # someone else's delegate
+    assert isinstance(_plan("", body), Change)
+
+
+def test_an_edit_of_a_flow_back_event_in_didomi_is_a_didomi_change():
+    """The tag says who created the event; an event.updated is caused by whoever edited it."""
+    body = didomi_body("event-updated")
+    body["parameters"]["new_entity"]["delegate"] = {"id": "didomi-braze-preference-sync"}
+    assert isinstance(_plan("", body), Change)
+
+
+def test_a_delegate_of_any_shape_is_read_liberally():
+    body = didomi_body("event-created")
+    for delegate in ("didomi-braze-preference-sync", {"id": 7}, ["x"], None):
+        body["parameters"]["entity"]["delegate"] = delegate
+        assert isinstance(_plan("", body), Change)

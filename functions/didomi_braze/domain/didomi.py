@@ -80,10 +80,19 @@ class DidomiWebhook:
     regulation: str
     entity: Entity  # the entity of created/deleted events; `new_entity` of updated events
     old_entity: Entity | None = None  # updated events only, when Didomi sent it
+    source: dict | None = None  # updated events: the consent event behind the change, when Didomi sent it
 
     @property
     def is_deleted(self) -> bool:
         return self.type.endswith(".deleted")
+
+    @property
+    def cause(self) -> dict | None:
+        """The consent event that made Didomi send this webhook: the entity of `event.created`, the `source` of a
+        user change. (An `event.updated` is caused by the edit, not by the event's creator.)"""
+        if self.type == "event.created":
+            return self.entity.raw
+        return self.source if self.entity.kind == "user" else None
 
     @property
     def event_id(self) -> str:
@@ -109,6 +118,7 @@ def parse_webhook(body: Any) -> DidomiWebhook:
     kind = event_type.split(".")[0]
 
     old = None
+    source = None
     source_regulation = None
     if event_type in CREATED_OR_DELETED:
         entity = _entity(kind, params.get("entity"), "parameters.entity")
@@ -117,12 +127,12 @@ def parse_webhook(body: Any) -> DidomiWebhook:
         raw_old = params.get("old_entity")
         if raw_old is not None:
             old = _entity(kind, raw_old, "parameters.old_entity")
-        source = params.get("source")
-        if isinstance(source, dict):
+        if isinstance(params.get("source"), dict):
+            source = params["source"]
             source_regulation = _optional_str(source, "regulation", "parameters.source.regulation")
 
     regulation = top_regulation or entity.regulation or source_regulation or DEFAULT_REGULATION
-    return DidomiWebhook(type=event_type, regulation=regulation.lower(), entity=entity, old_entity=old)
+    return DidomiWebhook(type=event_type, regulation=regulation.lower(), entity=entity, old_entity=old, source=source)
 
 
 def _entity(kind: str, raw: Any, path: str) -> Entity:

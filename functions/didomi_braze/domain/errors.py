@@ -19,3 +19,19 @@ class MalformedRetryMessage(Exception):
 
 class StateUnavailable(Exception):
     """The state table could not be read or written: nothing may be sent, since its order cannot be checked."""
+
+
+class DidomiUnavailable(Exception):
+    """A Didomi call that did not succeed; `answer` says how (domain/didomi_api.py)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        super().__init__(answer.reason)
+
+
+class FileUnavailable(Exception):
+    """A Currents file could not be read now (S3 unreachable, throttled): the message comes back."""
+
+
+class UnreadableFile(Exception):
+    """A Currents file that is gone or is not an Avro file this connector can read: parked with the reason."""

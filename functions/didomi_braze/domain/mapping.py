@@ -19,6 +19,7 @@ from .connector import ConnectorConfig
 from .didomi import DidomiWebhook, Entity
 from .errors import InvalidWebhook
 from .ordering import Position, StoredInput
+from .origin import written_by_flow_back
 
 OPTED_IN = "opted_in"
 SUBSCRIBED = "subscribed"
@@ -93,9 +94,9 @@ class BrazeIdentity:
         return hashlib.sha256(self.key.encode()).hexdigest()
 
 
-# Every reason an event is acknowledged without a Braze call: the first five are decided from the event alone,
-# the last two once it meets the user's merged state.
-SKIP_REASONS = ("deleted", "pending", "regulation_not_configured", "no_user_id", "no_change", "superseded")
+# Every reason an event is acknowledged without a Braze call: the first six are decided from the event alone,
+# the last two once it meets the user's merged state. `from_braze`: the flow back wrote it (README "The flow back").
+SKIP_REASONS = ("deleted", "from_braze", "pending", "regulation_not_configured", "no_user_id", "no_change", "superseded")
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,8 @@ def plan(webhook: DidomiWebhook, config: ConnectorConfig) -> Skip | Change:
     entity = webhook.entity
     if webhook.is_deleted:
         return Skip("deleted", f"{webhook.type} is acknowledged; Braze profiles are not deleted by this connector")
+    if written_by_flow_back(webhook.cause):
+        return Skip("from_braze", "the consent event was written by this connector from a Braze change: Braze has it")
     if not entity.is_confirmed:
         return Skip("pending", f"the consent event's status is {entity.status[:40]!r}; Didomi applies only confirmed events")
     if webhook.regulation not in config.regulations:

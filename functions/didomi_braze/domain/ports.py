@@ -3,11 +3,12 @@ Braze; the sandbox implements them in memory (checked against the real ones) for
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .braze import BrazeOutcome
+from .didomi_api import DidomiAnswer
 from .ordering import StoredInput
 
 
@@ -90,6 +91,7 @@ class DeadLetter:
     last_braze_status: int | None = None
     event_id: str | None = None
     category: str = "failed"  # low-cardinality: the metric dimension and the replay grouping
+    last_didomi_status: int | None = None  # the flow back's parked events (Braze → Didomi)
 
     def attributes(self) -> dict[str, str]:
         attrs = {
@@ -101,6 +103,8 @@ class DeadLetter:
         }
         if self.event_id:
             attrs["event_id"] = self.event_id[:500]
+        if self.last_didomi_status is not None:
+            attrs["last_didomi_status"] = str(self.last_didomi_status)
         return attrs
 
 
@@ -115,4 +119,34 @@ class RetryQueue(Protocol):
 
     def dead_letter(self, body: str, why: DeadLetter) -> None:
         """Park a message on the dead-letter queue with its reason."""
+        ...
+
+
+# -- the flow back (Braze → Didomi) ----------------------------------------------------------------------------
+class DidomiApi(Protocol):
+    def create_event(self, body: dict, disable_integrations: bool = False) -> DidomiAnswer:
+        """`POST /consents/events` in the secret's organisation. WRITTEN also when Didomi already has the event's id.
+        Raises ConfigurationError when the credentials cannot be read (as `users` does)."""
+        ...
+
+    def users(self, organization_user_id: str | None = None, regulation: str | None = None) -> Iterator[dict]:
+        """`GET /consents/users`, every page, consents under `regulation` (default GDPR). Raises DidomiUnavailable."""
+        ...
+
+
+class CurrentsFiles(Protocol):
+    def records(self, bucket: str, key: str) -> Iterator[dict]:
+        """The records of one Currents Avro file. Raises FileUnavailable (retry) or UnreadableFile (park)."""
+        ...
+
+
+class EventLedger(Protocol):
+    """Which Currents events were handled (written, skipped or parked), for a while: Currents delivers at least once."""
+
+    def handled(self, keys: Iterable[str]) -> set[str]:
+        """The keys among these that were recorded. Raises StateUnavailable."""
+        ...
+
+    def record(self, keys: Iterable[str], now: float) -> None:
+        """Record these keys as handled. Raises StateUnavailable."""
         ...
