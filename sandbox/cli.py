@@ -169,11 +169,11 @@ def _invoke(args) -> int:
     event = _didomi_event(args.event)
     with LocalStack(connector_path=args.connector or CONNECTOR_EXAMPLE, with_gateway=False, with_poller=False) as stack:
         try:
-            spec = stack.stack.function(args.function)
+            spec = stack.function(args.function)
         except KeyError as exc:
             raise UsageError(exc.args[0]) from None
         with function_output_to(sys.stderr):  # logs and metrics on stderr, the result on stdout, as sam does
-            result = invoke(spec, event)
+            result = invoke(spec, event, environment=spec.environment)
         print(json.dumps(result, indent=2), flush=True)
         for request in stack.braze.track_requests():
             print(f"Braze received POST {request.path} -> {request.status}: {json.dumps(request.body)}")

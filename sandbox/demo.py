@@ -23,7 +23,7 @@ from .stack import LocalStack
 from .template import ROOT
 
 DEMO_DELAYS = "1,1,2,2,3"
-PRODUCTION_DELAYS = "30,45,55,65,75"
+DEMO_BATCHING_WINDOW = 0.5
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ def run(out: TextIO = sys.stdout, timeout: float = 50.0) -> int:
     log_file = tempfile.NamedTemporaryFile("w", prefix="didomi-braze-demo-", suffix=".log", delete=False)  # noqa: SIM115
     failures = 0
     # The stack sets the functions' environment before their code is imported, as Lambda does.
-    with log_file, LocalStack(retry_delays=DEMO_DELAYS) as stack, function_output_to(log_file):
+    stack = LocalStack(retry_delays=DEMO_DELAYS, batching_window=DEMO_BATCHING_WINDOW)
+    with log_file, stack, function_output_to(log_file):
         _banner(out, stack)
         http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=20))
         for number, step in enumerate(STEPS, start=1):
@@ -99,7 +100,13 @@ def _banner(out: TextIO, stack: LocalStack) -> None:
     print(f"  AWS (moto server)   {stack.moto_url}   queues and secrets created from template.yaml", file=out)
     print(f"  Braze emulator      {stack.braze.url}", file=out)
     print(f"  Webhook             {stack.gateway.url}", file=out)
-    print(f"  Retry delays        {DEMO_DELAYS} s, compressed for the demo (production default: {PRODUCTION_DELAYS} s)", file=out)
+    production_delays = stack.stack.parameters["RetryDelaysSeconds"]
+    production_window = stack.stack.function("RetryFunction").sqs_batching_window
+    print(
+        f"  Retry delays        {DEMO_DELAYS} s and a {DEMO_BATCHING_WINDOW:g} s batching window, compressed for the demo "
+        f"(production default: {production_delays} s and {production_window:g} s)",
+        file=out,
+    )
 
 
 def _post(http: urllib3.PoolManager, url: str, name: str) -> tuple[int, dict]:

@@ -1,6 +1,11 @@
 """The whole product on loopback: moto server (SQS, Secrets Manager) provisioned from template.yaml, the Braze
 emulator, WebhookFunction behind an HTTP gateway, and RetryFunction fed by a queue poller. One process,
-daemon threads only: nothing is left running when it stops."""
+daemon threads only: nothing is left running when it stops.
+
+Each function runs with its own environment as the template declares it (the worker's longer Braze read timeout
+is the worker's only); the process environment holds only what every function shares, so code that calls a
+handler directly sees the environment the functions have in common.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import json
 import logging
 import os
 import secrets as token_source
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -15,7 +21,7 @@ from moto.server import ThreadedMotoServer
 
 from .braze_emulator import BrazeEmulator
 from .lambda_runtime import RetryQueuePoller, WebhookGateway
-from .template import ROOT, Stack, provision
+from .template import ROOT, FunctionSpec, Stack, provision
 
 REGION = "eu-central-1"
 DEMO_USERS = ("external_id:customer-42", "external_id:customer-7", "external_id:customer-9")
@@ -27,6 +33,7 @@ class LocalStack:
     def __init__(
         self,
         retry_delays: str | None = None,
+        batching_window: float | None = None,
         connector_path: Path = CONNECTOR_EXAMPLE,
         webhook_token: str = SAMPLE_WEBHOOK_TOKEN,
         webhook_port: int = 0,
@@ -34,6 +41,7 @@ class LocalStack:
         with_poller: bool = True,
     ):
         self.retry_delays = retry_delays
+        self.batching_window = batching_window  # None: the template's MaximumBatchingWindowInSeconds
         self.connector_path = connector_path
         self.webhook_token = webhook_token
         self.webhook_port = webhook_port
@@ -87,18 +95,30 @@ class LocalStack:
             connector_document=json.dumps(document),
             region=REGION,
         )
-        webhook = self.stack.function("WebhookFunction")
-        retry = self.stack.function("RetryFunction")
-        env = {**retry.environment, **webhook.environment, "BRAZE_ALLOW_LOOPBACK": "true"}
-        if self.retry_delays:
-            env["RETRY_DELAYS_SECONDS"] = self.retry_delays
-        self._set_env(env)
+        webhook, retry = self.function("WebhookFunction"), self.function("RetryFunction")
+        self._set_env(dict(webhook.environment.items() & retry.environment.items()))
         self._fresh_container()
 
         if self.with_gateway:
-            self.gateway = WebhookGateway(webhook, port=self.webhook_port).start()
+            self.gateway = WebhookGateway(webhook, port=self.webhook_port, environment=webhook.environment).start()
         if self.with_poller:
-            self.poller = RetryQueuePoller(self.sqs, self.retry_queue_url, retry, REGION).start()
+            self.poller = RetryQueuePoller(
+                self.sqs,
+                self.retry_queue_url,
+                retry,
+                REGION,
+                batching_window=self.batching_window,
+                environment=retry.environment,
+            ).start()
+
+    def function(self, logical_id: str) -> FunctionSpec:
+        """A function of the template with its environment as deployed, plus what the local run changes: Braze
+        is the emulator on loopback, and the retry delays may be compressed."""
+        spec = self.stack.function(logical_id)
+        local = {"BRAZE_ALLOW_LOOPBACK": "true"}
+        if self.retry_delays:
+            local["RETRY_DELAYS_SECONDS"] = self.retry_delays
+        return replace(spec, environment={**spec.environment, **local})
 
     @property
     def moto_url(self) -> str:

@@ -61,6 +61,7 @@ class FunctionSpec:
     timeout: int
     environment: dict[str, str]
     sqs_batch_size: int | None = None
+    sqs_batching_window: float = 0.0  # MaximumBatchingWindowInSeconds of its SQS event source
 
 
 @dataclass
@@ -126,10 +127,11 @@ class Stack:
             **self.resolve(globals_.get("Environment", {}).get("Variables", {})),
             **self.resolve(props.get("Environment", {}).get("Variables", {})),
         }
-        batch_size = None
+        batch_size, window = None, 0.0
         for event in props.get("Events", {}).values():
             if event["Type"] == "SQS":
                 batch_size = int(event["Properties"].get("BatchSize", 10))
+                window = float(event["Properties"].get("MaximumBatchingWindowInSeconds", 0))
         return FunctionSpec(
             name=logical_id,
             handler=props["Handler"],
@@ -137,6 +139,7 @@ class Stack:
             timeout=int(props.get("Timeout", globals_.get("Timeout", 3))),
             environment={k: str(v) for k, v in env.items()},
             sqs_batch_size=batch_size,
+            sqs_batching_window=window,
         )
 
     def _ref(self, name: str) -> Any:

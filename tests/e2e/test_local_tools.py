@@ -44,7 +44,7 @@ def test_make_demo_runs_the_whole_scenario_and_exits_0():
 
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "compressed for the demo (production default: 30,45,60,75,90 s)" in out
+    assert "compressed for the demo (production default: 30,45,55,65,75 s and 5 s)" in out
     assert "webhook answered 200 delivered" in out
     assert "webhook answered 200 skipped: pending" in out
     assert "retry 2 delivered it to Braze" in out
