@@ -1,5 +1,5 @@
-"""Reads `template.yaml` and provisions its queues and secrets on a moto endpoint, so the local stack and the
-tests run against the template's own resource definitions rather than a hand-written copy.
+"""Reads `template.yaml` and provisions its queues, table, secrets and log groups on a moto endpoint, so the local
+stack and the tests run against the template's own resource definitions rather than a hand-written copy.
 
 Only the intrinsic functions the template uses are resolved (Ref, GetAtt, If, Equals, Not, Sub); anything
 else is an error, so the template cannot silently drift from what this reads.
@@ -72,9 +72,11 @@ class Stack:
     parameters: dict[str, str]
     region: str
     account: str = "123456789012"
+    name: str = "local"  # the stack's name (AWS::StackName)
     queue_urls: dict[str, str] = field(default_factory=dict)
     secret_arns: dict[str, str] = field(default_factory=dict)
     table_names: dict[str, str] = field(default_factory=dict)
+    log_group_names: dict[str, str] = field(default_factory=dict)
 
     @property
     def retry_queue_url(self) -> str:
@@ -151,6 +153,10 @@ class Stack:
             return self.account
         if name == "AWS::URLSuffix":
             return "amazonaws.com"
+        if name == "AWS::StackName":
+            return self.name
+        if name == "AWS::Partition":
+            return "aws"
         if name in self.parameters:
             return self.parameters[name]
         if name in self.queue_urls:
@@ -159,6 +165,8 @@ class Stack:
             return self.secret_arns[name]
         if name in self.table_names:
             return self.table_names[name]
+        if name in self.log_group_names:
+            return self.log_group_names[name]
         return name  # a resource the local stack does not create: its logical id stands in
 
     def _get_att(self, resource: str, attribute: str) -> str:
@@ -191,12 +199,15 @@ def provision(
     parameters: dict[str, str] | None = None,
     prefix: str = "",
     template_path: Path = TEMPLATE,
+    logs=None,
+    stack_name: str = "local",
 ) -> Stack:
-    """Create the template's queues, table and secrets with boto3 clients (pointed at moto); return the stack."""
+    """Create the template's queues, table and secrets (and log groups, given a Logs client) with boto3 clients
+    pointed at moto; return the stack."""
     template = load_template(template_path)
     params = {name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()}
     params.update(parameters or {})
-    stack = Stack(template=template, parameters=params, region=region)
+    stack = Stack(template=template, parameters=params, region=region, name=stack_name)
 
     queues = stack.resources("AWS::SQS::Queue")
     for logical_id in queues:  # create every queue first: redrive policies point at each other
@@ -239,4 +250,8 @@ def provision(
         value = webhook_token if "GenerateSecretString" in props else connector_document
         arn = secretsmanager.create_secret(Name=f"{prefix}{logical_id}", SecretString=value)["ARN"]
         stack.secret_arns[logical_id] = arn
+
+    for logical_id in stack.resources("AWS::Logs::LogGroup") if logs is not None else ():
+        logs.create_log_group(logGroupName=f"{prefix}{logical_id}")
+        stack.log_group_names[logical_id] = f"{prefix}{logical_id}"
     return stack

@@ -79,6 +79,8 @@ def local_aws(braze_url: str):
             webhook_token=WEBHOOK_TOKEN,
             connector_document=json.dumps(connector_document(braze_url)),
             region=REGION,
+            logs=boto3.client("logs", region_name=REGION),
+            stack_name="didomi-braze-sync",
         )
         os.environ.update(stack.function("WebhookFunction").environment)
         os.environ["BRAZE_ALLOW_LOOPBACK"] = "true"
