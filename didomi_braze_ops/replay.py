@@ -16,6 +16,7 @@ not move visible again; if it is interrupted, they come back on their own when t
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -186,7 +187,6 @@ def replay(
     limit: int,
     out: TextIO,
     now: float,
-    queue: DeadLetterQueue | None = None,
 ) -> int:
     if limit < 1:
         raise OperatorError("--max must be at least 1")
@@ -194,7 +194,7 @@ def replay(
         raise OperatorError("choose the messages with --category (run without options to list the categories)")
     outputs = stack_outputs(aws, stack)
     sqs = aws.client("sqs")
-    queue = queue or DeadLetterQueue(sqs, outputs["DeadLetterQueueUrl"])
+    queue = DeadLetterQueue(sqs, outputs["DeadLetterQueueUrl"])
     try:
         size = queue.approximate_size()
         parked = queue.read(limit)
@@ -324,6 +324,4 @@ def _quote(text: str) -> str:
 
 
 def _json(value: dict) -> str:
-    import json
-
     return json.dumps(value, separators=(", ", ": "))

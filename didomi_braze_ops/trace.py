@@ -276,6 +276,8 @@ def trace(aws: Aws, stack: str, user: str, since: str, identifier: str | None, o
     if problem:
         print(f"! The deployed connector document is invalid, so every webhook answers 503: {problem}", file=out)
         print("  Fix it (make validate-config, then make put-config); Didomi gives up on an event after 5 minutes.", file=out)
+        if identifier is None:
+            print(f"  (the user is taken to be a Braze {kind}; pass --identifier to say otherwise)", file=out)
     print(file=out)
     if moments:
         width = max(len(m.source) for m in moments)
