@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := functions:.
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: test lint unit demo serve invoke validate-config preview put-config bench fuzz clean
+.PHONY: test lint unit demo serve invoke validate-config preview put-config trace replay bench fuzz clean
 
 $(VENV)/.installed: requirements.txt functions/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,14 @@ test: lint
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed
-	$(VENV)/bin/ruff check functions sandbox tests benchmarks fuzz
-	$(VENV)/bin/ruff format --check functions sandbox tests benchmarks fuzz
+	$(VENV)/bin/ruff check functions didomi_braze_ops sandbox tests benchmarks fuzz
+	$(VENV)/bin/ruff format --check functions didomi_braze_ops sandbox tests benchmarks fuzz
 	$(VENV)/bin/cfn-lint template.yaml
 	$(VENV)/bin/cfn-lint template.yaml --parameters AuthMode=oauth AllowedSourceCidrs=35.159.1.63/32 RetryMaximumConcurrency=2 AlarmEmail=ops@example.com
 	$(VENV)/bin/cfn-lint template.yaml --parameters EnableBrazeCurrents=true BrazeCurrentsPrincipal=210987654321 BrazeCurrentsExternalId=example-external-id CurrentsOptIns=true
+	$(VENV)/bin/cfn-lint template.yaml --parameters \
+		ExistingConnectorSecretArn=arn:aws:secretsmanager:eu-central-1:123456789012:secret:didomi/connector-AbC123 \
+		ConnectorSecretKmsKeyArn=arn:aws:kms:eu-central-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab
 	$(SAM_VENV)/bin/sam validate --lint --template template.yaml --region eu-central-1
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --file template.yaml --framework cloudformation --compact --quiet --skip-download
 
@@ -54,17 +57,32 @@ serve: $(VENV)/.installed
 invoke: $(VENV)/.installed
 	$(PY) -m sandbox invoke $(FUNCTION) --event $(EVENT)
 
+# Operator commands (didomi_braze_ops; after `pip install .` also the `didomi-braze` console script). Those for a
+# deployed stack find its resources from the CloudFormation stack's outputs, with your AWS credentials.
+OPS := $(PY) -m didomi_braze_ops
+REGION_ARG = $(if $(REGION),--region $(REGION))
+
 ## make validate-config FILE=connector.json
 validate-config: $(VENV)/.installed
-	$(PY) -m sandbox validate-config $(FILE)
+	$(OPS) validate-config $(FILE)
 
 ## make preview FILE=connector.json EVENT=events/webhook-user-updated.json
 preview: $(VENV)/.installed
-	$(PY) -m sandbox preview $(FILE) --event $(EVENT)
+	$(OPS) preview $(FILE) --event $(EVENT)
 
-## make put-config FILE=connector.json SECRET_ID=<ConnectorSecretArn output> (uses your AWS credentials)
+## make put-config FILE=connector.json STACK=<stack name>   (or SECRET_ID=<ConnectorSecretArn output> instead of STACK)
 put-config: $(VENV)/.installed
-	$(PY) -m sandbox put-config $(FILE) --secret-id $(SECRET_ID)
+	$(OPS) put-config $(FILE) $(if $(STACK),--stack "$(STACK)") $(if $(SECRET_ID),--secret-id "$(SECRET_ID)") $(REGION_ARG)
+
+## make trace USER=<external id or e-mail> STACK=<stack name> [SINCE=7d]
+# USER must come from the command line: the shell's own $$USER (your login) is never a Braze user.
+trace: $(VENV)/.installed
+	@test "$(origin USER)" = "command line" || { echo "usage: make trace USER=<external id or e-mail> STACK=<stack name> [SINCE=7d]" >&2; exit 2; }
+	$(OPS) trace "$(USER)" --stack "$(STACK)" --since $(or $(SINCE),7d) $(REGION_ARG)
+
+## make replay STACK=<stack name> [CATEGORY=retries_exhausted [REASON="…"] [MOVE=yes]]
+replay: $(VENV)/.installed
+	$(OPS) replay --stack "$(STACK)" $(if $(CATEGORY),--category "$(CATEGORY)") $(if $(REASON),--reason "$(REASON)") $(if $(filter yes,$(MOVE)),--move) $(REGION_ARG)
 
 # The benchmarks' fresh processes run like Lambda's: Python 3.13 with boto3, on the `sam build` artifact. Without a
 # python3.13 that runs (a pyenv shim for an unselected version does not), they say so and use this interpreter.

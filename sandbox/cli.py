@@ -1,14 +1,12 @@
-"""`python -m sandbox COMMAND`: the local tools (the Makefile wraps each one).
+"""`python -m sandbox COMMAND`: the local simulation (the Makefile wraps each one).
 
   demo                      the scripted end-to-end scenario on loopback
   serve                     the local stack until Ctrl-C, for your own payloads
   invoke FUNCTION -e FILE   run a function from template.yaml with an event file, like `sam local invoke`
                             (IngestFunction: the flow back, with the Didomi emulator and sample Currents files)
-  validate-config FILE      check a connector document before putting it in the secret
-  preview FILE -e EVENT     the exact Braze request one event would produce, with no network
-  put-config FILE --secret-id ID   validate, then store the document in the deployed secret
 
-Every error is one line on stderr and a non-zero exit, never a traceback.
+The commands for a deployed stack (validate-config, preview, put-config, trace, replay) are the operator's:
+`didomi-braze` (didomi_braze_ops). Every error is one line on stderr and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,11 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from didomi_braze.domain.braze import TRACK_PATH, attributes_object
-from didomi_braze.domain.connector import ConnectorConfig, parse_connector_document
-from didomi_braze.domain.didomi import parse_webhook
 from didomi_braze.domain.errors import ConfigurationError, InvalidWebhook
-from didomi_braze.domain.mapping import Skip, desired, plan, values_of
 
 
 class UsageError(Exception):
@@ -64,20 +58,6 @@ def _parser() -> argparse.ArgumentParser:
     invoke.add_argument("--connector", type=Path, help="connector document to use (default events/connector.json)")
     invoke.set_defaults(run=_invoke)
 
-    validate = commands.add_parser("validate-config", help="validate a connector document")
-    validate.add_argument("file", type=Path)
-    validate.set_defaults(run=_validate)
-
-    preview = commands.add_parser("preview", help="show the Braze request an event would produce (no network)")
-    preview.add_argument("file", type=Path, help="connector document")
-    preview.add_argument("-e", "--event", type=Path, required=True, help="Didomi webhook body, or an HTTP API event from events/")
-    preview.set_defaults(run=_preview)
-
-    put = commands.add_parser("put-config", help="validate a connector document and store it in the deployed secret")
-    put.add_argument("file", type=Path)
-    put.add_argument("--secret-id", required=True, help="the stack's ConnectorSecretArn output")
-    put.add_argument("--region", default=None)
-    put.set_defaults(run=_put_config)
     return parser
 
 
@@ -90,79 +70,6 @@ def _read(path: Path) -> str:
         raise UsageError(f"{path}: cannot read it ({type(exc).__name__})") from None
 
 
-def _config(path: Path, allow_loopback: bool = False) -> ConnectorConfig:
-    return parse_connector_document(_read(path), allow_loopback=allow_loopback)
-
-
-def _didomi_body(path: Path) -> object:
-    try:
-        data = json.loads(_read(path))
-    except ValueError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from None
-    if isinstance(data, dict) and data.get("version") == "2.0" and "body" in data:  # an HTTP API event from events/
-        try:
-            return json.loads(data["body"] or "")
-        except ValueError:
-            raise InvalidWebhook("the event's body is not valid JSON") from None
-    return data
-
-
-def _validate(args) -> int:
-    config = _config(args.file, allow_loopback=True)
-    groups = ", ".join(f"{gid} <- {value}" for gid, value in config.subscription_groups) or "none"
-    print(f"{args.file}: valid connector document")
-    print(f"  server:            {config.server}")
-    print(f"  regulations:       {', '.join(sorted(config.regulations))}")
-    print(f"  user identifier:   {config.user_identifier}   upsert_mode: {str(config.upsert_mode).lower()}")
-    print(f"  OPTED_IN:          {config.email_opted_in or 'not mapped'}")
-    print(f"  UNSUBSCRIBED:      {config.email_unsubscribed or 'not mapped'}")
-    print(f"  subscription groups: {groups}")
-    if config.server.startswith("http://"):
-        print("  note: a loopback server works only locally (BRAZE_ALLOW_LOOPBACK=true); the deployed stack refuses it")
-    return 0
-
-
-def _preview(args) -> int:
-    config = _config(args.file, allow_loopback=True)
-    decision = plan(parse_webhook(_didomi_body(args.event)), config)
-    if isinstance(decision, Skip):
-        print(f"no Braze call: skipped ({decision.reason}): {decision.detail}")
-        return 0
-    # Without the deployed state table, the user is taken to be new: the connector then sends every field the
-    # event's consents call for. A known user gets only what changes in their merged state.
-    fields = desired(values_of(decision.inputs), config)
-    if not fields:
-        print("no Braze call: the consents this event sets call for no Braze field on their own")
-        return 0
-    request = {
-        "method": "POST",
-        "url": config.server + TRACK_PATH,
-        "headers": {"Authorization": "Bearer <api key from the connector document>", "Content-Type": "application/json"},
-        "body": {"attributes": [attributes_object(decision.identity, fields, config.upsert_mode)]},
-    }
-    print("for a user the connector has not seen before (a known user gets only what changes):", file=sys.stderr)
-    print(json.dumps(request, indent=2))
-    return 0
-
-
-def _put_config(args) -> int:
-    text = _read(args.file)
-    parse_connector_document(text)  # the deployed functions refuse loopback: so does this
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        client = boto3.client("secretsmanager", region_name=args.region)
-        version = client.put_secret_value(SecretId=args.secret_id, SecretString=text)["VersionId"]
-    except (BotoCoreError, ClientError) as exc:
-        raise UsageError(f"could not store the document in {args.secret_id}: {exc}") from None
-    print(
-        f"stored in {args.secret_id} (version {version}); the functions pick it up within 5 minutes, "
-        "or at once after a Braze 401/403"
-    )
-    return 0
-
-
 def _invoke(args) -> int:
     from .lambda_runtime import function_output_to, invoke
     from .stack import CONNECTOR_EXAMPLE, LocalStack
@@ -172,13 +79,13 @@ def _invoke(args) -> int:
     connector = args.connector or CONNECTOR_EXAMPLE
     with LocalStack(connector_path=connector, with_gateway=False, with_poller=False, with_currents=flow_back) as stack:
         try:
-            spec = stack.stack.function(args.function)
+            spec = stack.function(args.function)
         except KeyError as exc:
             raise UsageError(exc.args[0]) from None
         if flow_back:
             event = _with_local_currents(stack, event)
         with function_output_to(sys.stderr):  # logs and metrics on stderr, the result on stdout, as sam does
-            result = invoke(spec, event)
+            result = invoke(spec, event, environment=spec.environment)
         print(json.dumps(result, indent=2), flush=True)
         if flow_back:
             for request in stack.didomi.requests:

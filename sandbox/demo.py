@@ -29,7 +29,6 @@ from .stack import LocalStack
 from .template import ROOT
 
 DEMO_DELAYS = "1,1,2,2,3"
-PRODUCTION_DELAYS = "30,45,55,65,75"
 # The sample events are dated 2026-05-04; Braze's clock runs on the same day, so that the times Currents reports
 # fall among them as they would in production (a change reaches Braze after Didomi made it).
 SAMPLE_DAY = datetime(2026, 5, 4, 11, 0, tzinfo=UTC).timestamp()
@@ -43,6 +42,7 @@ CUSTOMER_7 = {
     "channels": [],
     "vendors": {},
 }
+DEMO_BATCHING_WINDOW = 0.5
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,9 @@ def run(out: TextIO = sys.stdout, timeout: float = 50.0) -> int:
     failures = 0
     # The stack sets the functions' environment before their code is imported, as Lambda does.
     braze_clock = functools.partial(_sample_day_clock, time.time())
-    stack = LocalStack(retry_delays=DEMO_DELAYS, with_currents=True, braze_clock=braze_clock)
+    stack = LocalStack(
+        retry_delays=DEMO_DELAYS, batching_window=DEMO_BATCHING_WINDOW, with_currents=True, braze_clock=braze_clock
+    )
     with log_file, stack, function_output_to(log_file):
         stack.didomi.add_user("customer-7", CUSTOMER_7)
         _banner(out, stack)
@@ -125,7 +127,13 @@ def _banner(out: TextIO, stack: LocalStack) -> None:
     print(f"  Webhook             {stack.gateway.url}", file=out)
     print(f"  Didomi emulator     {stack.didomi.url}", file=out)
     print(f"  Currents bucket     s3://{stack.stack.bucket_names['CurrentsBucket']}/currents/ (S3 on moto)", file=out)
-    print(f"  Retry delays        {DEMO_DELAYS} s, compressed for the demo (production default: {PRODUCTION_DELAYS} s)", file=out)
+    production_delays = stack.stack.parameters["RetryDelaysSeconds"]
+    production_window = stack.stack.function("RetryFunction").sqs_batching_window
+    print(
+        f"  Retry delays        {DEMO_DELAYS} s and a {DEMO_BATCHING_WINDOW:g} s batching window, compressed for the demo "
+        f"(production default: {production_delays} s and {production_window:g} s)",
+        file=out,
+    )
 
 
 def _post(http: urllib3.PoolManager, url: str, name: str) -> tuple[int, dict]:

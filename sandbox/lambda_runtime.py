@@ -3,8 +3,15 @@
 - `invoke`: import the function's `Handler` from its `CodeUri` (as Lambda does) and call it with an event.
 - `WebhookGateway`: an HTTP server that turns a request into an HTTP API payload 2.0 event, like
   `sam local start-api`, and the function's result back into an HTTP response.
-- `RetryQueuePoller`: drains an SQS queue into a function the way Lambda's SQS event source does: batches,
-  deletes what succeeded, leaves reported failures to their visibility timeout.
+- `RetryQueuePoller`: drains an SQS queue into a function the way Lambda's SQS event source does: gathers a batch
+  until it is full or the batching window has passed, deletes what succeeded, leaves reported failures to their
+  visibility timeout.
+
+Functions share this process, where Lambda gives each its own. Given an `environment`, each call of a function
+runs with that environment over the process's (`didomi_braze.runtime.function_environment`), so each function
+gets its own settings and its own dependencies, as in its own container. Without one, calls see the process's
+environment, and functions called in one process share one container's dependencies (what in-process tests use
+to inject faults).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TextIO
@@ -58,16 +65,35 @@ class LambdaContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
-def load_handler(spec: FunctionSpec) -> Callable[[dict, object], dict]:
+@contextlib.contextmanager
+def environment_of(variables: Mapping[str, str] | None) -> Iterator[None]:
+    """Run what is inside with a function's own environment (None: the process's)."""
+    if variables is None:
+        yield
+        return
+    from didomi_braze.runtime import function_environment
+
+    with function_environment(variables):
+        yield
+
+
+def load_handler(spec: FunctionSpec, environment: Mapping[str, str] | None = None) -> Callable[[dict, object], dict]:
     code_dir = str((ROOT / spec.code_uri).resolve())
     if code_dir not in sys.path:
         sys.path.insert(0, code_dir)  # Lambda puts the function's code directory on the path
     module_name, _, attribute = spec.handler.rpartition(".")
-    return getattr(importlib.import_module(module_name), attribute)
+    with environment_of(environment):  # the init phase (the module's import) runs with the function's environment
+        handler = getattr(importlib.import_module(module_name), attribute)
+
+    def call(event: dict, context: object) -> dict:
+        with environment_of(environment):
+            return handler(event, context)
+
+    return call
 
 
-def invoke(spec: FunctionSpec, event: dict) -> dict:
-    return load_handler(spec)(event, LambdaContext(spec.name, spec.timeout))
+def invoke(spec: FunctionSpec, event: dict, environment: Mapping[str, str] | None = None) -> dict:
+    return load_handler(spec, environment)(event, LambdaContext(spec.name, spec.timeout))
 
 
 def http_api_event(method: str, path: str, query: str, headers: dict[str, str], body: bytes, source_ip: str) -> dict:
@@ -109,9 +135,16 @@ class WebhookGateway:
 
     MAX_BODY = 10 * 1024 * 1024  # API Gateway's own payload limit
 
-    def __init__(self, spec: FunctionSpec, method: str = "POST", path: str = "/webhooks/didomi", port: int = 0):
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        method: str = "POST",
+        path: str = "/webhooks/didomi",
+        port: int = 0,
+        environment: Mapping[str, str] | None = None,
+    ):
         self.spec, self.method, self.path = spec, method, path
-        self._handler = load_handler(spec)
+        self._handler = load_handler(spec, environment)
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -171,13 +204,31 @@ class WebhookGateway:
 
 
 class RetryQueuePoller:
-    """Lambda's SQS event source, in a thread: receive a batch, invoke, delete all but the reported failures."""
+    """Lambda's SQS event source, in a thread: gather a batch, invoke, delete all but the reported failures.
 
-    def __init__(self, sqs, queue_url: str, spec: FunctionSpec, region: str, wait_seconds: int = 1):
+    Like the event source, it keeps receiving until the batch is full (`BatchSize`) or the batching window
+    (`MaximumBatchingWindowInSeconds`) has passed since it received the first message of the batch, which it
+    holds, invisible, meanwhile. Time is read from `clock`, so tests can move it."""
+
+    def __init__(
+        self,
+        sqs,
+        queue_url: str,
+        spec: FunctionSpec,
+        region: str,
+        wait_seconds: int = 1,
+        batching_window: float | None = None,
+        environment: Mapping[str, str] | None = None,
+        clock: Callable[[], float] | None = None,
+    ):
         self.sqs, self.queue_url, self.spec, self.region = sqs, queue_url, spec, region
         self.batch_size = spec.sqs_batch_size or 10
+        self.batching_window = spec.sqs_batching_window if batching_window is None else batching_window
         self.wait_seconds = wait_seconds
-        self._handler = load_handler(spec)
+        self.clock = clock or (lambda: time.time())  # looked up per call: tests move the clock
+        self._handler = load_handler(spec, environment)
+        self._held: list[dict] = []  # received, waiting for the batch to fill or the window to pass
+        self._gathering_since = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="retry-poller", daemon=True)
 
@@ -193,27 +244,35 @@ class RetryQueuePoller:
         while not self._stop.is_set():
             try:
                 self.poll_once()
+                if self._held:  # gathering: look again shortly rather than spin
+                    self._stop.wait(min(0.1, max(self.window_left(), 0.01)))
             except Exception as exc:  # keep polling, as Lambda would; say what went wrong
                 print(f"retry poller: {type(exc).__name__}: {exc}", file=sys.stderr)
                 self._stop.wait(1)
 
+    def window_left(self) -> float:
+        return self._gathering_since + self.batching_window - self.clock() if self._held else 0.0
+
     def poll_once(self, wait_seconds: int | None = None) -> int:
-        """One receive → invoke → delete cycle; returns how many messages were handed to the function."""
-        messages: list[dict] = []
+        """One step: receive what is visible, up to the batch size; invoke the function once the batch is full or
+        the window has passed. Returns how many messages were handed to the function (0 while gathering)."""
         wait = self.wait_seconds if wait_seconds is None else wait_seconds
-        while len(messages) < self.batch_size:
+        while len(self._held) < self.batch_size:
             got = self.sqs.receive_message(
                 QueueUrl=self.queue_url,
-                MaxNumberOfMessages=min(10, self.batch_size - len(messages)),
-                WaitTimeSeconds=wait if not messages else 0,
+                MaxNumberOfMessages=min(10, self.batch_size - len(self._held)),
+                WaitTimeSeconds=wait if not self._held else 0,
                 AttributeNames=["All"],
                 MessageAttributeNames=["All"],
             ).get("Messages", [])
             if not got:
                 break
-            messages.extend(got)
-        if not messages:
+            if not self._held:
+                self._gathering_since = self.clock()
+            self._held.extend(got)
+        if not self._held or (len(self._held) < self.batch_size and self.window_left() > 0):
             return 0
+        messages, self._held = self._held, []
         arn = f"arn:aws:sqs:{self.region}:123456789012:{self.queue_url.rsplit('/', 1)[-1]}"
         event = {"Records": [sqs_record(m, arn, self.region) for m in messages]}
         result = self._handler(event, LambdaContext(self.spec.name, self.spec.timeout))

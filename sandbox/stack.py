@@ -2,7 +2,12 @@
 emulator, WebhookFunction behind an HTTP gateway, and RetryFunction fed by a queue poller. With `with_currents`,
 the flow back too: the Currents bucket (S3 on moto, notifying the ingest queue), Braze's Currents export writing
 Avro files into it, the Didomi emulator, and IngestFunction fed by a poller. One process, daemon threads only:
-nothing is left running when it stops."""
+nothing is left running when it stops.
+
+Each function runs with its own environment as the template declares it (the worker's longer Braze read timeout
+is the worker's only); the process environment holds only what every function shares, so code that calls a
+handler directly sees the environment the functions have in common.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import logging
 import os
 import secrets as token_source
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -21,7 +27,7 @@ from .braze_emulator import BrazeEmulator
 from .currents import CurrentsExport
 from .didomi_emulator import DidomiEmulator
 from .lambda_runtime import RetryQueuePoller, WebhookGateway
-from .template import ROOT, Stack, provision
+from .template import ROOT, FunctionSpec, Stack, provision
 
 REGION = "eu-central-1"
 DEMO_USERS = ("external_id:customer-42", "external_id:customer-7", "external_id:customer-9")
@@ -39,6 +45,7 @@ class LocalStack:
     def __init__(
         self,
         retry_delays: str | None = None,
+        batching_window: float | None = None,
         connector_path: Path = CONNECTOR_EXAMPLE,
         webhook_token: str = SAMPLE_WEBHOOK_TOKEN,
         webhook_port: int = 0,
@@ -49,6 +56,7 @@ class LocalStack:
         braze_clock: Callable[[], float] | None = None,
     ):
         self.retry_delays = retry_delays
+        self.batching_window = batching_window  # None: the template's MaximumBatchingWindowInSeconds
         self.connector_path = connector_path
         self.webhook_token = webhook_token
         self.webhook_port = webhook_port
@@ -119,29 +127,44 @@ class LocalStack:
             secret_values=secret_values,
             s3=self.s3,
         )
-        webhook = self.stack.function("WebhookFunction")
-        retry = self.stack.function("RetryFunction")
-        env = {**retry.environment, **webhook.environment, "BRAZE_ALLOW_LOOPBACK": "true"}
+        webhook, retry = self.function("WebhookFunction"), self.function("RetryFunction")
+        self._set_env(dict(webhook.environment.items() & retry.environment.items()))
         ingest = None
         if self.with_currents:
-            ingest = self.stack.function("IngestFunction")
-            env = {**ingest.environment, **env, "DIDOMI_API_URL": self.didomi.url, "DIDOMI_ALLOW_LOOPBACK": "true"}
+            ingest = self.function("IngestFunction")
             bucket = self.stack.bucket_names["CurrentsBucket"]
             folder = self.stack.parameters["CurrentsFolderPath"]
             self.currents = CurrentsExport(
                 self.braze, lambda key, data: self.s3.put_object(Bucket=bucket, Key=key, Body=data), folder
             )
-        if self.retry_delays:
-            env["RETRY_DELAYS_SECONDS"] = self.retry_delays
-        self._set_env(env)
         self._fresh_container()
 
         if self.with_gateway:
-            self.gateway = WebhookGateway(webhook, port=self.webhook_port).start()
+            self.gateway = WebhookGateway(webhook, port=self.webhook_port, environment=webhook.environment).start()
         if self.with_poller:
-            self.poller = RetryQueuePoller(self.sqs, self.retry_queue_url, retry, REGION).start()
+            self.poller = RetryQueuePoller(
+                self.sqs,
+                self.retry_queue_url,
+                retry,
+                REGION,
+                batching_window=self.batching_window,
+                environment=retry.environment,
+            ).start()
             if ingest is not None:
-                self.ingest_poller = RetryQueuePoller(self.sqs, self.stack.queue_urls["IngestQueue"], ingest, REGION).start()
+                self.ingest_poller = RetryQueuePoller(
+                    self.sqs, self.stack.queue_urls["IngestQueue"], ingest, REGION, environment=ingest.environment
+                ).start()
+
+    def function(self, logical_id: str) -> FunctionSpec:
+        """A function of the template with its environment as deployed, plus what the local run changes: Braze
+        (and Didomi) are the emulators on loopback, and the retry delays may be compressed."""
+        spec = self.stack.function(logical_id)
+        local = {"BRAZE_ALLOW_LOOPBACK": "true"}
+        if self.retry_delays:
+            local["RETRY_DELAYS_SECONDS"] = self.retry_delays
+        if self.didomi is not None:
+            local.update(DIDOMI_API_URL=self.didomi.url, DIDOMI_ALLOW_LOOPBACK="true")
+        return replace(spec, environment={**spec.environment, **local})
 
     @property
     def moto_url(self) -> str:

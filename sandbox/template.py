@@ -1,6 +1,6 @@
-"""Reads `template.yaml` and provisions its queues, table, secrets and (with the flow back) the Currents bucket and
-its notifications on a moto endpoint, so the local stack and the tests run against the template's own resource
-definitions rather than a hand-written copy.
+"""Reads `template.yaml` and provisions its queues, table, secrets, log groups and (with the flow back) the Currents
+bucket and its notifications on a moto endpoint, so the local stack and the tests run against the template's own
+resource definitions rather than a hand-written copy.
 
 Only the intrinsic functions the template uses are resolved (Ref, GetAtt, If, Equals, Not, Sub, Join, Select,
 Split); anything else is an error, so the template cannot silently drift from what this reads.
@@ -62,6 +62,7 @@ class FunctionSpec:
     timeout: int
     environment: dict[str, str]
     sqs_batch_size: int | None = None
+    sqs_batching_window: float = 0.0  # MaximumBatchingWindowInSeconds of its SQS event source
 
 
 @dataclass
@@ -72,11 +73,13 @@ class Stack:
     parameters: dict[str, str]
     region: str
     account: str = "123456789012"
+    name: str = "local"  # the stack's name (AWS::StackName)
     stack_id: str = "arn:aws:cloudformation:eu-central-1:123456789012:stack/local/4c1f7a52-0d3e-4b8a-9c61-2e5f0a7b8d13"
     queue_urls: dict[str, str] = field(default_factory=dict)
     secret_arns: dict[str, str] = field(default_factory=dict)
     table_names: dict[str, str] = field(default_factory=dict)
     bucket_names: dict[str, str] = field(default_factory=dict)
+    log_group_names: dict[str, str] = field(default_factory=dict)
 
     @property
     def retry_queue_url(self) -> str:
@@ -135,10 +138,11 @@ class Stack:
             **self.resolve(globals_.get("Environment", {}).get("Variables", {})),
             **self.resolve(props.get("Environment", {}).get("Variables", {})),
         }
-        batch_size = None
+        batch_size, window = None, 0.0
         for event in props.get("Events", {}).values():
             if event["Type"] == "SQS":
                 batch_size = int(event["Properties"].get("BatchSize", 10))
+                window = float(event["Properties"].get("MaximumBatchingWindowInSeconds", 0))
         return FunctionSpec(
             name=logical_id,
             handler=props["Handler"],
@@ -146,6 +150,7 @@ class Stack:
             timeout=int(props.get("Timeout", globals_.get("Timeout", 3))),
             environment={k: str(v) for k, v in env.items()},
             sqs_batch_size=batch_size,
+            sqs_batching_window=window,
         )
 
     def _ref(self, name: str) -> Any:
@@ -161,6 +166,10 @@ class Stack:
             return "aws"
         if name == "AWS::URLSuffix":
             return "amazonaws.com"
+        if name == "AWS::StackName":
+            return self.name
+        if name == "AWS::Partition":
+            return "aws"
         if name in self.parameters:
             return self.parameters[name]
         if name in self.queue_urls:
@@ -171,6 +180,8 @@ class Stack:
             return self.table_names[name]
         if name in self.bucket_names:
             return self.bucket_names[name]
+        if name in self.log_group_names:
+            return self.log_group_names[name]
         return name  # a resource the local stack does not create: its logical id stands in
 
     def _get_att(self, resource: str, attribute: str) -> str:
@@ -207,8 +218,11 @@ def provision(
     template_path: Path = TEMPLATE,
     secret_values: dict[str, str] | None = None,
     s3=None,
+    logs=None,
+    stack_name: str = "local",
 ) -> Stack:
-    """Create the template's queues, table and secrets with boto3 clients (pointed at moto); return the stack.
+    """Create the template's queues, table and secrets (and log groups, given a Logs client) with boto3 clients
+    pointed at moto; return the stack.
 
     `secret_values` gives a secret's value by logical id (the Didomi credentials, say); otherwise a generated
     secret is the webhook token and a secret with a string is the connector document. Buckets (and their queue
@@ -216,7 +230,7 @@ def provision(
     template = load_template(template_path)
     params = {name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()}
     params.update(parameters or {})
-    stack = Stack(template=template, parameters=params, region=region)
+    stack = Stack(template=template, parameters=params, region=region, name=stack_name)
 
     queues = stack.resources("AWS::SQS::Queue")
     for logical_id in queues:  # create every queue first: redrive policies point at each other
@@ -284,4 +298,7 @@ def provision(
                     ]
                 },
             )
+    for logical_id in stack.resources("AWS::Logs::LogGroup") if logs is not None else ():
+        logs.create_log_group(logGroupName=f"{prefix}{logical_id}")
+        stack.log_group_names[logical_id] = f"{prefix}{logical_id}"
     return stack

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import threading
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
@@ -18,19 +19,27 @@ metrics = Metrics()
 
 
 class _EmfSink:
-    """Metrics as CloudWatch embedded metric format, flushed by `@metrics.log_metrics` on each invocation."""
+    """Metrics as CloudWatch embedded metric format, flushed by `@metrics.log_metrics` on each invocation. Powertools'
+    metric set is a plain dict: counts from several threads (the workers' parallel users) go through one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
 
     def count(self, name: str, value: int) -> None:
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+        with self._lock:
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
 
     def count_by(self, name: str, dimension: str, label: str, value: int) -> None:
-        with single_metric(
-            name=name,
-            unit=MetricUnit.Count,
-            value=value,
-            namespace=metrics.namespace,
-            default_dimensions=metrics.default_dimensions,
-        ) as metric:
+        with (
+            self._lock,
+            single_metric(
+                name=name,
+                unit=MetricUnit.Count,
+                value=value,
+                namespace=metrics.namespace,
+                default_dimensions=metrics.default_dimensions,
+            ) as metric,
+        ):
             metric.add_dimension(name=dimension, value=label)
 
 

@@ -3,14 +3,22 @@
 Handlers call `prepare()` at import, so that the SDK clients are created in Lambda's init phase (which runs with
 a full CPU) rather than in the first invocation. A configuration problem does not fail the init: it is raised
 again, with its message, by every call to `dependencies()`, and each request answers 503 naming it in the log.
+
+The settings come from the process environment, which Lambda sets per function. A host that runs several functions
+in one process (the local stack) runs each one's calls inside `function_environment(...)`, so that each function
+gets its own settings and its own dependencies, as it would in its own container.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
 import time
+from collections import ChainMap
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -35,6 +43,19 @@ if TYPE_CHECKING:
 SECRET_MAX_AGE_SECONDS = 300
 
 
+_function_environment: ContextVar[tuple[tuple[str, str], ...] | None] = ContextVar("function_environment", default=None)
+
+
+@contextlib.contextmanager
+def function_environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """Calls to `dependencies()` made inside (in this thread or task) see these variables over the process's."""
+    token = _function_environment.set(tuple(sorted(variables.items())))
+    try:
+        yield
+    finally:
+        _function_environment.reset(token)
+
+
 def prepare() -> None:
     """Build the dependencies now if the environment allows; otherwise leave the error to the first request."""
     try:
@@ -45,9 +66,13 @@ def prepare() -> None:
     gc.freeze()
 
 
-@lru_cache(maxsize=1)  # a raised ConfigurationError is not cached: each call reports it again
 def dependencies() -> Dependencies:
-    env = _Environment()
+    return _built(_function_environment.get())
+
+
+@lru_cache(maxsize=4)  # a raised ConfigurationError is not cached: each call reports it again
+def _built(overlay: tuple[tuple[str, str], ...] | None) -> Dependencies:
+    env = _Environment(ChainMap(dict(overlay), os.environ) if overlay is not None else os.environ)
     aws = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
     try:
         secretsmanager = boto3.client("secretsmanager", config=aws)
@@ -76,18 +101,19 @@ def dependencies() -> Dependencies:
             max_age=SECRET_MAX_AGE_SECONDS,
             grace_seconds=int(env.number("WEBHOOK_TOKEN_GRACE_HOURS", 24) * 3600),
         ),
-        access=AccessPolicy.parse(
-            os.environ.get("AUTH_MODE"), os.environ.get("ALLOWED_SOURCE_CIDRS"), os.environ.get("OAUTH_SCOPE")
-        ),
+        access=AccessPolicy.parse(env.get("AUTH_MODE"), env.get("ALLOWED_SOURCE_CIDRS"), env.get("OAUTH_SCOPE")),
         delivery=delivery,
         queue=Queues(
             lambda: boto3.client("sqs", config=aws), env.required("RETRY_QUEUE_URL"), env.required("DEAD_LETTER_QUEUE_URL")
         ),
-        schedule=RetrySchedule.parse(os.environ.get("RETRY_DELAYS_SECONDS")),
+        schedule=RetrySchedule.parse(env.get("RETRY_DELAYS_SECONDS")),
         webhook_lease_seconds=math.ceil(braze_seconds) + LEASE_MARGIN_SECONDS,
     )
     env.raise_problems()
     return deps
+
+
+dependencies.cache_clear = _built.cache_clear  # a new container: tests and the local stack start afresh
 
 
 def prepare_flow_back() -> None:
@@ -100,17 +126,21 @@ def prepare_flow_back() -> None:
     gc.freeze()  # as prepare() does
 
 
-@lru_cache(maxsize=1)
 def flow_back() -> FlowBack:
     """IngestFunction's own dependencies: Didomi's API, the Currents files, the ledger and the ingest queues.
     Imported here, so that the other functions' cold start does not load the Avro reader."""
+    return _built_flow_back(_function_environment.get())
+
+
+@lru_cache(maxsize=4)
+def _built_flow_back(overlay: tuple[tuple[str, str], ...] | None) -> FlowBack:
     from .adapters.currents_files import S3CurrentsFiles
     from .adapters.didomi_api import DidomiClient, DidomiCredentialsSource, Urllib3Transport
     from .adapters.event_ledger import DynamoEventLedger
     from .domain.didomi_api import didomi_base_url
     from .service.flowback import FlowBack
 
-    env = _Environment()
+    env = _Environment(ChainMap(dict(overlay), os.environ) if overlay is not None else os.environ)
     aws = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
     try:
         secretsmanager = boto3.client("secretsmanager", config=aws)
@@ -123,7 +153,7 @@ def flow_back() -> FlowBack:
         SecretStore(secretsmanager, max_age=SECRET_MAX_AGE_SECONDS), env.required("DIDOMI_SECRET_ID")
     )
     try:
-        base_url = didomi_base_url(os.environ.get("DIDOMI_API_URL"), env.flag("DIDOMI_ALLOW_LOOPBACK"))
+        base_url = didomi_base_url(env.get("DIDOMI_API_URL"), env.flag("DIDOMI_ALLOW_LOOPBACK"))
     except ConfigurationError as exc:
         env.problems.extend(exc.problems)
         base_url = ""
@@ -138,31 +168,37 @@ def flow_back() -> FlowBack:
         state=StateTable(dynamodb, table),
         ledger=DynamoEventLedger(dynamodb, table),
         queue=Queues(lambda: sqs, env.required("INGEST_QUEUE_URL"), env.required("INGEST_DEAD_LETTER_QUEUE_URL")),
-        schedule=RetrySchedule.parse(os.environ.get("RETRY_DELAYS_SECONDS")),
+        schedule=RetrySchedule.parse(env.get("RETRY_DELAYS_SECONDS")),
         opt_ins=env.flag("CURRENTS_OPT_INS"),
     )
     env.raise_problems()
     return flow
 
 
+flow_back.cache_clear = _built_flow_back.cache_clear
+
+
 class _Environment:
     """Reads settings and collects every problem, so one error message lists all that is missing."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: Mapping[str, str]) -> None:
+        self.source = source
         self.problems: list[str] = []
 
+    def get(self, name: str) -> str | None:
+        return self.source.get(name)
+
     def required(self, name: str) -> str:
-        value = os.environ.get(name, "").strip()
+        value = self.source.get(name, "").strip()
         if not value:
             self.problems.append(f"environment variable {name} is not set")
         return value
 
-    @staticmethod
-    def flag(name: str) -> bool:
-        return os.environ.get(name, "").strip().lower() == "true"
+    def flag(self, name: str) -> bool:
+        return self.source.get(name, "").strip().lower() == "true"
 
     def number(self, name: str, default: float) -> float:
-        raw = os.environ.get(name)
+        raw = self.source.get(name)
         try:
             value = float(raw) if raw else default
         except ValueError:
@@ -173,7 +209,7 @@ class _Environment:
         return value
 
     def objects_per_request(self) -> int:
-        raw = os.environ.get("BRAZE_OBJECTS_PER_REQUEST")
+        raw = self.source.get("BRAZE_OBJECTS_PER_REQUEST")
         if not raw:
             return DEFAULT_OBJECTS_PER_REQUEST
         if not raw.isdigit() or not 1 <= int(raw) <= MAX_OBJECTS_PER_REQUEST:

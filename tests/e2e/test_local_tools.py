@@ -3,23 +3,18 @@
 Each bad input gets one line on stderr and a non-zero exit, never a traceback."""
 
 import json
-import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 import urllib3
-from moto.server import ThreadedMotoServer
 
-from sandbox.cli import main
-from tests.samples import EVENTS, http_event
+from tests.samples import http_event
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'functions'}{os.pathsep}{ROOT}"}
@@ -44,7 +39,7 @@ def test_make_demo_runs_the_whole_scenario_and_exits_0():
 
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "compressed for the demo (production default: 30,45,55,65,75 s)" in out
+    assert "compressed for the demo (production default: 30,45,55,65,75 s and 5 s)" in out
     assert "webhook answered 200 delivered" in out
     assert "webhook answered 200 skipped: pending" in out
     assert "retry 2 delivered it to Braze" in out
@@ -131,87 +126,11 @@ def test_invoke_runs_the_retry_worker_with_an_sqs_event():
             "template.yaml has no function 'NoSuchFunction'",
         ),
         (["invoke", "WebhookFunction", "-e", "events/missing.json"], "events/missing.json: no such file"),
-        (["validate-config", "template.yaml"], "the connector document is not valid JSON"),
     ],
 )
 def test_bad_input_to_a_command_is_one_clear_line_and_exit_2(args, message):
     result = sandbox(*args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
-
-
-def test_validate_config_accepts_the_sample_and_explains_the_didomi_docs_example(tmp_path, capsys):
-    assert main(["validate-config", str(EVENTS / "connector.json")]) == 0
-    assert "valid connector document" in capsys.readouterr().out
-
-    pasted = tmp_path / "pasted.json"
-    pasted.write_text('{\n  "type_id": "braze",\n  "authentication": {"api_key": "k", // Braze key\n  "server": "EU-01",},\n}')
-    assert main(["validate-config", str(pasted)]) == 2
-    assert "line 3 has a // comment, as in Didomi's documentation example" in capsys.readouterr().err
-
-
-def test_validate_config_names_every_problem(tmp_path, capsys):
-    doc = tmp_path / "doc.json"
-    doc.write_text(
-        json.dumps({"type_id": "braze", "authentication": {"api_key": "secret-value-1", "server": "EU-09"}, "mappings": []})
-    )
-    assert main(["validate-config", str(doc)]) == 2
-    err = capsys.readouterr().err
-    assert "authentication.server 'EU-09'" in err and "mappings must be a non-empty list" in err and "secret-value-1" not in err
-
-
-def test_preview_prints_the_exact_braze_request_without_network(capsys):
-    assert main(["preview", str(EVENTS / "connector.json"), "-e", str(EVENTS / "webhook-user-updated.json")]) == 0
-    request = json.loads(capsys.readouterr().out)
-    assert request["url"] == "https://rest.fra-01.braze.eu/users/track"
-    assert request["body"] == {
-        "attributes": [{"external_id": "customer-42", "_update_existing_only": True, "email_subscribe": "unsubscribed"}]
-    }
-    assert "local-braze-api-key" not in json.dumps(request)
-
-
-def test_preview_accepts_a_raw_didomi_body_and_says_when_nothing_is_sent(tmp_path, capsys):
-    body = tmp_path / "body.json"
-    body.write_text(http_event("event-created-cpra")["body"])
-    assert main(["preview", str(EVENTS / "connector.json"), "-e", str(body)]) == 0
-    assert capsys.readouterr().out.startswith("no Braze call: skipped (regulation_not_configured)")
-
-
-def test_preview_rejects_a_malformed_event(capsys):
-    assert main(["preview", str(EVENTS / "connector.json"), "-e", str(EVENTS / "webhook-wrong-shape.json")]) == 2
-    assert "purposes[0].enabled must be true, false or null" in capsys.readouterr().err
-
-
-@pytest.fixture
-def moto_endpoint(monkeypatch):
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-    yield boto3.client("secretsmanager", region_name="eu-central-1")
-    server.stop()
-
-
-def test_put_config_stores_a_valid_document_in_the_secret(moto_endpoint, capsys):
-    arn = moto_endpoint.create_secret(Name=f"connector-{uuid.uuid4()}", SecretString="{}")["ARN"]
-    assert main(["put-config", str(EVENTS / "connector.json"), "--secret-id", arn, "--region", "eu-central-1"]) == 0
-    assert json.loads(moto_endpoint.get_secret_value(SecretId=arn)["SecretString"])["type_id"] == "braze"
-    assert "local-braze-api-key" not in capsys.readouterr().out
-
-
-def test_put_config_refuses_an_invalid_document_and_leaves_the_secret_unchanged(moto_endpoint, tmp_path, capsys):
-    arn = moto_endpoint.create_secret(Name=f"connector-{uuid.uuid4()}", SecretString="{}")["ARN"]
-    doc = json.loads((EVENTS / "connector.json").read_text())
-    doc["authentication"]["server"] = "http://127.0.0.1:9300"  # fine locally, refused for a deployed stack
-    (tmp_path / "doc.json").write_text(json.dumps(doc))
-    assert main(["put-config", str(tmp_path / "doc.json"), "--secret-id", arn, "--region", "eu-central-1"]) == 2
-    assert "BRAZE_ALLOW_LOOPBACK" in capsys.readouterr().err
-    assert moto_endpoint.get_secret_value(SecretId=arn)["SecretString"] == "{}"
-
-
-def test_put_config_reports_an_aws_error_in_one_line(moto_endpoint, capsys):
-    assert main(["put-config", str(EVENTS / "connector.json"), "--secret-id", "missing", "--region", "eu-central-1"]) == 2
-    assert "could not store the document in missing" in capsys.readouterr().err
 
 
 def _free_port() -> int:

@@ -79,6 +79,8 @@ def local_aws(braze_url: str):
             webhook_token=WEBHOOK_TOKEN,
             connector_document=json.dumps(connector_document(braze_url)),
             region=REGION,
+            logs=boto3.client("logs", region_name=REGION),
+            stack_name="didomi-braze-sync",
         )
         os.environ.update(stack.function("WebhookFunction").environment)
         os.environ["BRAZE_ALLOW_LOOPBACK"] = "true"
@@ -128,10 +130,16 @@ def call_webhook(event: dict) -> tuple[int, dict]:
 
 @pytest.fixture
 def worker(aws):
-    """RetryFunction behind the same SQS event-source stand-in the local stack uses, polled by the test."""
+    """RetryFunction behind the same SQS event-source stand-in the local stack uses, polled by the test.
+
+    It shares the webhook's container (its dependencies), so that a fault injected there reaches both, and it
+    hands each poll's messages over at once: these tests check the retry schedule itself, and
+    tests/integration/test_local_runtime.py checks it again with the template's batching window."""
     from sandbox.lambda_runtime import RetryQueuePoller
 
-    return RetryQueuePoller(aws.sqs, aws.retry_queue, aws.stack.function("RetryFunction"), REGION, wait_seconds=0)
+    return RetryQueuePoller(
+        aws.sqs, aws.retry_queue, aws.stack.function("RetryFunction"), REGION, wait_seconds=0, batching_window=0
+    )
 
 
 def event_for(user: str, name: str = "event-created") -> dict:

@@ -180,7 +180,7 @@ class Delivery:
         busy = "another update for this user is being delivered"
         for _ in range(CLAIM_ATTEMPTS):
             exact = merge(current.inputs, carried)
-            due = self._due(current, exact, user, config)
+            due = self.due(current, exact, user, config)
             if exact.newer:
                 written = exact.newer if due else quietly(exact.newer)
                 result = self.state.claim(
@@ -198,12 +198,12 @@ class Delivery:
 
     def _judge(self, claim: _Claim, config: ConnectorConfig) -> _Claim:
         after = desired(values_of(claim.merged.state), config)
-        due = self._due(claim.before, claim.merged, claim.user, config)
+        due = self.due(claim.before, claim.merged, claim.user, config)
         claim.send = {name: after[name] for name in sorted(due) if name in after}
         return claim
 
     @staticmethod
-    def _due(before: UserRecord, merged: Merge, user: UserWork, config: ConnectorConfig) -> set[str]:
+    def due(before: UserRecord, merged: Merge, user: UserWork, config: ConnectorConfig) -> set[str]:
         """The Braze fields to send: changed by this merge, read by a change seen before, or owed by a failed call."""
         old = desired(values_of(before.inputs), config)
         new = desired(values_of(merged.state), config)

@@ -28,7 +28,6 @@ had not finished.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -64,9 +63,7 @@ from ..domain.writeback import (
     identity_of,
     with_event,
 )
-from ..observability import count as _count
-from ..observability import count_by as _count_by
-from ..observability import logger
+from ..observability import count, count_by, logger
 from .delivery import BUSY, SKIPPED, UNAVAILABLE, Outcome
 from .dependencies import Dependencies
 
@@ -534,14 +531,3 @@ def _parallel(function: Callable, items: list, concurrency: int) -> None:
 
 
 _pool: ThreadPoolExecutor | None = None
-_metrics = threading.Lock()  # users are judged and written on several threads; the metrics buffer is shared
-
-
-def count(name: str, value: int = 1) -> None:
-    with _metrics:
-        _count(name, value)
-
-
-def count_by(name: str, dimension: str, label: str, value: int = 1) -> None:
-    with _metrics:
-        _count_by(name, dimension, label, value)

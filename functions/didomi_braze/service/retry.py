@@ -85,10 +85,14 @@ class _Batch:
         if outcome.kind in FINAL:
             if outcome.kind == DELIVERED:
                 self.counts["DeliveredAfterRetry"] += 1
-                logger.info("event delivered after retry", extra={**log, "fields": outcome.sent})
+                logger.info(
+                    "event delivered after retry",
+                    extra={**log, "outcome": "delivered", "fields": outcome.sent, "braze_status": outcome.status},
+                )
             else:
-                count_by("EventsSkipped", "reason", outcome.skip_reason or "no_change")
-                logger.info("retry skipped", extra={**log, "reason": outcome.skip_reason, "detail": outcome.reason})
+                reason = outcome.skip_reason or "no_change"
+                count_by("EventsSkipped", "reason", reason)
+                logger.info("retry skipped", extra={**log, "outcome": "skipped", "reason": reason, "detail": outcome.reason})
             return
         calls = pending.calls + record.receive_count - (0 if outcome.called_braze else 1)
         if outcome.kind == PERMANENT:
@@ -115,7 +119,13 @@ class _Batch:
         self.counts["RetriesScheduled"] += 1
         logger.warning(
             "retry failed; next retry scheduled",
-            extra={**log, "reason": outcome.reason, "braze_status": outcome.status, "retry_in_seconds": delay},
+            extra={
+                **log,
+                "outcome": "retry_failed",
+                "reason": outcome.reason,
+                "braze_status": outcome.status,
+                "retry_in_seconds": delay,
+            },
         )
         self.failures.append(message_id)
 
@@ -141,7 +151,10 @@ class _Batch:
             self.failures.append(message_id)
             return
         self.counts["RetriesDeferred"] += 1
-        logger.info("retry waits", extra={**self._log(message_id), "reason": outcome.reason, "retry_in_seconds": delay})
+        logger.info(
+            "retry waits",
+            extra={**self._log(message_id), "outcome": "waits", "reason": outcome.reason, "retry_in_seconds": delay},
+        )
 
     def park(self, message_id: str, outcome: Outcome | None, reason: str, category: str, calls: int | None = None) -> None:
         record, pending = self.records[message_id], self.pending.get(message_id)
@@ -165,7 +178,14 @@ class _Batch:
             return
         count_by("EventsDeadLettered", "reason", category)
         logger.error(
-            "event dead-lettered", extra={**self._log(message_id), "reason": reason, "braze_status": why.last_braze_status}
+            "event dead-lettered",
+            extra={
+                **self._log(message_id),
+                "outcome": "dead_lettered",
+                "category": category,
+                "reason": reason,
+                "braze_status": why.last_braze_status,
+            },
         )
 
     def _first_failure_at(self, message_id: str) -> str:
@@ -187,5 +207,10 @@ class _Batch:
         pending = self.pending.get(message_id)
         if pending:
             change = pending.change
-            out.update(event_id=change.event_id, event_type=change.event_type, user_ref=self.deps.user_ref(change.identity.key))
+            out.update(
+                event_id=change.event_id,
+                event_type=change.event_type,
+                event_time=change.position.time,
+                user_ref=self.deps.user_ref(change.identity.key),
+            )
         return out

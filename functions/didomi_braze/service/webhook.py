@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from ..domain.access import OAUTH, bearer_matches
 from ..domain.braze import DELIVERED, PERMANENT, RATE_LIMITED, RETRYABLE
 from ..domain.connector import ConnectorConfig
-from ..domain.didomi import parse_webhook
+from ..domain.didomi import DidomiWebhook, parse_webhook
 from ..domain.errors import ConfigurationError, InvalidWebhook
-from ..domain.mapping import Change, Skip, plan
+from ..domain.mapping import BrazeIdentity, Change, Skip, plan
 from ..domain.ports import DeadLetter
 from ..domain.retry import PendingChange, UserWork, iso_utc
 from ..observability import count, count_by, logger
@@ -83,12 +83,26 @@ def receive_webhook(request: WebhookRequest, load_dependencies: Callable[[], Dep
     except InvalidWebhook as exc:
         return _rejected(exc)
     if isinstance(decision, Skip):
-        return _skipped(webhook.type, decision.reason, decision.detail)
+        return _skipped(decision.reason, decision.detail, _skipped_log(webhook, config, deps))
     return _deliver(decision, config, deps, request.deadline)
 
 
+def _skipped_log(webhook: DidomiWebhook, config: ConnectorConfig, deps: Dependencies) -> dict:
+    """What a skip's log line says about the event, and the user when the event names one (so `trace` finds it)."""
+    log = {"event_type": webhook.type, "event_id": webhook.event_id}
+    if webhook.entity.organization_user_id is not None:
+        log["user_ref"] = deps.user_ref(BrazeIdentity(config.user_identifier, webhook.entity.organization_user_id).key)
+    return log
+
+
 def _deliver(change: Change, config: ConnectorConfig, deps: Dependencies, deadline: float | None) -> Answer:
-    log = {"event_type": change.event_type, "event_id": change.event_id, "user_ref": deps.user_ref(change.identity.key)}
+    # Every line about this event carries these, so that `trace` can put the user's timeline together.
+    log = {
+        "event_type": change.event_type,
+        "event_id": change.event_id,
+        "event_time": change.position.time,
+        "user_ref": deps.user_ref(change.identity.key),
+    }
     now = deps.clock()
     limited_until = deps.delivery.gauge.hand_off_until(now)
     if limited_until is not None:
@@ -107,11 +121,11 @@ def _deliver(change: Change, config: ConnectorConfig, deps: Dependencies, deadli
         # The lease is not given back: it runs out on its own a few seconds after the Braze call could have ended,
         # which saves a state-table round trip on every delivered event (README "Ordering").
         count("EventsDelivered")
-        logger.info("event delivered to Braze", extra=log)
+        logger.info("event delivered to Braze", extra={**log, "outcome": "delivered", "braze_status": outcome.status})
         return Answer(200, {"status": "delivered"})
     if outcome.kind == SKIPPED:
         deps.delivery.release([outcome])
-        return _skipped(change.event_type, outcome.skip_reason or "no_change", outcome.reason)
+        return _skipped(outcome.skip_reason or "no_change", outcome.reason, log)
     if outcome.kind == UNAVAILABLE:
         return _unavailable("state_table_unavailable", Exception(outcome.reason), log)
 
@@ -156,7 +170,13 @@ def _queue(pending: PendingChange, outcome: Outcome, deps: Dependencies, log: di
     count("EventsQueued")
     logger.warning(
         "event queued for retry",
-        extra={**log, "reason": outcome.reason, "braze_status": outcome.status, "retry_in_seconds": delay},
+        extra={
+            **log,
+            "outcome": "queued",
+            "reason": outcome.reason,
+            "braze_status": outcome.status,
+            "retry_in_seconds": delay,
+        },
     )
     return Answer(202, {"status": "queued", "reason": outcome.reason, "retry_in_seconds": delay})
 
@@ -175,13 +195,16 @@ def _park(pending: PendingChange, outcome: Outcome, deps: Dependencies, log: dic
     except Exception as exc:
         return _unavailable("dead_letter_queue_unavailable", exc, log)
     count_by("EventsDeadLettered", "reason", why.category)
-    logger.error("event dead-lettered: Braze rejected it", extra={**log, "reason": why.reason, "braze_status": outcome.status})
+    logger.error(
+        "event dead-lettered: Braze rejected it",
+        extra={**log, "outcome": "dead_lettered", "category": why.category, "reason": why.reason, "braze_status": outcome.status},
+    )
     return Answer(200, {"status": "dead_lettered", "reason": why.reason})
 
 
-def _skipped(event_type: str, reason: str, detail: str) -> Answer:
+def _skipped(reason: str, detail: str, log: dict) -> Answer:
     count_by("EventsSkipped", "reason", reason)
-    logger.info("event skipped", extra={"event_type": event_type, "reason": reason, "detail": detail})
+    logger.info("event skipped", extra={**log, "outcome": "skipped", "reason": reason, "detail": detail})
     return Answer(200, {"status": "skipped", "reason": reason, "detail": detail})
 
 
@@ -234,5 +257,8 @@ def _decode(request: WebhookRequest) -> object:
 
 def _unavailable(kind: str, exc: Exception, log: dict | None = None) -> Answer:
     count_by("WebhookUnavailable", "cause", kind)
-    logger.error("event not accepted; Didomi will deliver it again", extra={**(log or {}), "cause": kind, "problem": str(exc)})
+    logger.error(
+        "event not accepted; Didomi will deliver it again",
+        extra={**(log or {}), "outcome": "unavailable", "cause": kind, "problem": str(exc)},
+    )
     return Answer(503, {"status": "unavailable", "error": f"the event could not be processed now ({kind}); retry later"})
