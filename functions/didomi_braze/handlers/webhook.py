@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import time
 
-from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2, event_source
-
 from ..observability import logger, metrics
 from ..runtime import dependencies, prepare
 from ..service.webhook import WebhookRequest, receive_webhook
+from .events import APIGatewayProxyEventV2, event_source
 
 prepare()  # SDK clients in the init phase
 
