@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 
+import pytest
+
 from didomi_braze.domain.connector import parse_connector_document
 from didomi_braze.domain.mapping import EMAIL_FIELD, desired, group_field
 from didomi_braze.observability import logger, metrics_to
@@ -67,3 +69,8 @@ class World:
 
     def parked(self) -> list:
         return list(self.queues.dead_letters.messages.values())
+
+
+# Every test of tests/review demonstrates a hole on main: strict xfail keeps the suite green and turns red (XPASS)
+# once the hole is fixed, when the marker is to be removed. `pytest --runxfail tests/review` shows the failures.
+hole = pytest.mark.xfail(strict=True, reason="review finding: fails until the product is fixed")

@@ -5,6 +5,7 @@ import pytest
 
 from didomi_braze.observability import metrics_to
 from tests.integration.test_flow_back import USER, Counts, World
+from tests.review.harness import hole
 from tests.samples import didomi_body
 
 
@@ -32,6 +33,7 @@ def _die_after_the_next_claim(world):
     world.state.claim = claim_then_die
 
 
+@hole
 def test_an_ingest_that_dies_after_merging_loses_the_put_back_braze_needed(world):
     """README "No echoes, no loops": when a Didomi update older than the Braze change reached Braze after it, the
     flow back "puts the newer choice back". If the ingest invocation dies between its claim (which writes the Braze

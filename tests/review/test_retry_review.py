@@ -1,10 +1,8 @@
 """The retry worker's counts and schedule (service/retry.py, domain/schedule.py) under faults the tests do not
 combine, on the in-memory ports."""
 
-import json
-
 from tests.property.didomi_model import NEWSLETTER
-from tests.review.harness import World
+from tests.review.harness import World, hole
 
 
 def _record_call_times(world):
@@ -26,6 +24,7 @@ def _run(world, seconds):
             pass
 
 
+@hole
 def test_the_fifth_retry_of_a_braze_that_hangs_runs_after_didomis_five_minutes():
     """README: "the five retries run 30, 75, 130, 195 and 270 s after the first failure: the batching window (5 s)
     and polling add at most 30 s". Each delay is counted from when the failed retry settles, so every hung call adds
@@ -47,6 +46,7 @@ def test_the_fifth_retry_of_a_braze_that_hangs_runs_after_didomis_five_minutes()
         world.close()
 
 
+@hole
 def test_a_parked_message_counts_a_state_table_outage_as_a_braze_call():
     """`attempts` is "Braze calls made, the webhook's own try included". The worker computes it as the message's
     receive count, assuming every earlier receive called Braze; a receive that found the state table unreachable
