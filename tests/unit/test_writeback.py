@@ -60,7 +60,7 @@ def test_global_unsubscribed_sets_the_unsubscribed_input_to_false():
     write = decide(GLOBAL, CONFIG, opt_ins=False, merged={NEWSLETTER: _stored(True)})
     assert isinstance(write, WriteBack)
     assert (write.input, write.value, write.braze_field, write.identity.value) == (NEWSLETTER, False, EMAIL_FIELD, "customer-42")
-    assert write.position.time == "2026-05-04T12:30:00.000000Z"
+    assert write.position.time == "2026-05-04T12:30:00.999999Z"  # an opt-out takes its second's last moment
 
 
 @pytest.mark.parametrize("status", ["Unsubscribed", "unsubscribed", "UNSUBSCRIBED", " Unsubscribed "])
@@ -144,10 +144,17 @@ def test_the_same_value_from_another_source_is_not_an_echo_but_no_change():
 
 
 def test_a_change_older_than_the_newest_didomi_value_is_not_written():
-    later = "2026-05-04T12:30:00.500000Z"  # half a second after the Braze change
-    assert decide(GLOBAL, CONFIG, False, {NEWSLETTER: _stored(True, later)}).reason == "superseded"
-    same_second = "2026-05-04T12:30:00.000000Z"
+    next_second = "2026-05-04T12:30:01.000000Z"
+    assert decide(GLOBAL, CONFIG, False, {NEWSLETTER: _stored(True, next_second)}).reason == "superseded"
+    # Currents reports whole seconds: within the Braze change's second the order is unknown, and the opt-out wins.
+    same_second = "2026-05-04T12:30:00.500000Z"
     assert isinstance(decide(GLOBAL, CONFIG, False, {NEWSLETTER: _stored(True, same_second)}), WriteBack)
+
+
+def test_within_its_second_a_braze_opt_in_yields_to_a_didomi_withdrawal():
+    opted_in = replace(GLOBAL, subscription_status="Opted In")
+    same_second = "2026-05-04T12:30:00.500000Z"
+    assert decide(opted_in, CONFIG, True, {NEWSLETTER: _stored(False, same_second)}).reason == "superseded"
 
 
 # -- the consent event -----------------------------------------------------------------------------------------

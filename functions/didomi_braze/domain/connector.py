@@ -123,10 +123,17 @@ def _server(raw: Any, allow_loopback: bool, problems: list[str]) -> str:
         return value
     hint = " (loopback servers need BRAZE_ALLOW_LOOPBACK=true, for local runs only)" if loopback else ""
     problems.append(
-        f"authentication.server {value[:100]!r} is not a Braze REST endpoint{hint}; use an instance code "
+        f"authentication.server{_shown(value)} is not a Braze REST endpoint{hint}; use an instance code "
         f"({', '.join(INSTANCE_ENDPOINTS)}) or its https://rest.… URL"
     )
     return ""
+
+
+def _shown(value: str) -> str:
+    """The server's value, in a message, only as far as it is a URL's origin: swapped with the API key by mistake, the
+    value is a secret, and the message is logged on every request while the document is wrong."""
+    origin = re.match(r"^(https?://[A-Za-z0-9.-]{1,100}(:\d{1,5})?)(/|$)", value)
+    return f" {origin.group(1)!r}" if origin else ""
 
 
 def _mappings(raw: Any, problems: list[str]) -> tuple[str | None, str | None, list[tuple[str, str]]]:

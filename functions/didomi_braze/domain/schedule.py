@@ -48,6 +48,15 @@ class RetrySchedule:
             return None
         return self.delays[failures - 1]
 
+    def next_retry_in(self, failures: int, first_failure: float, now: float) -> int | None:
+        """Seconds until the retry that follows the `failures`-th failure, counted from the first failure, so that
+        time spent in failing calls (a hang lasts the whole timeout) does not push the last retry out of the five
+        minutes. None when the retries are spent."""
+        if not 1 <= failures <= self.retries:
+            return None
+        due = first_failure + sum(self.delays[:failures])
+        return min(max(math.ceil(due - now), 1), MAX_DELAY_SECONDS)
+
     @staticmethod
     def wait_until(retry_at: float | None, now: float, at_least: int = 1) -> int:
         """Seconds to wait for Braze's `X-RateLimit-Reset` (or another invocation's lease), within SQS's 900 s."""

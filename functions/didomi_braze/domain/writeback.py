@@ -72,7 +72,10 @@ class WriteBack:
 
     @property
     def position(self) -> Position:
-        return Position(self.event.at, None, f"braze:{self.event.id}")
+        """Currents reports whole seconds and Didomi milliseconds: within the second, the order is unknown. An opt-out
+        takes the second's last moment and an opt-in its first, so that a tie goes to the withdrawal."""
+        at = self.event.at if self.value else self.event.at.replace(".000000Z", ".999999Z")
+        return Position(at, None, f"braze:{self.event.id}")
 
     @property
     def stored(self) -> StoredInput:
@@ -113,7 +116,9 @@ def decide(
 
     write = WriteBack(event, identity, input_name, value, field)
     stored = merged.get(input_name)
-    if stored is not None and stored.position.time > event.at:
+    if stored is not None and stored.position.key == write.position.key:
+        return write  # merged before, by an invocation that may have died before Braze got it: again (idempotent)
+    if stored is not None and stored.position.is_newer_than(write.position):
         return SkipBack("superseded", f"Didomi has a newer value for {input_name} ({stored.position.time})")
     if stored is not None and stored.value == value:
         return SkipBack("no_change", f"the merged state already has {input_name} = {str(value).lower()}")

@@ -49,7 +49,10 @@ class Lease:
     key: str
     owner: str
     until: float
-    quiet: tuple[str, ...] = ()  # inputs this claim wrote and sent nothing for: marked quiet when given back
+    # Inputs this claim wrote newer but whose Braze fields it does not send (the value changed nothing, or not in
+    # every field it drives), and those fields: marked quiet when the lease is given back (ordering.StoredInput).
+    quiet: tuple[str, ...] = ()
+    unsent: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,17 +128,27 @@ class Delivery:
             outcomes[index] = outcome
         return [outcomes[i] for i in range(len(work))]
 
-    def release(self, outcomes: list[Outcome]) -> None:
-        """Give back every lease the outcomes hold. A failure only means the lease runs out on its own."""
+    def release(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Give back every lease the outcomes hold, marking the inputs it left unsent quiet. A lease that cannot be
+        given back runs out on its own; but a quiet mark that was not written leaves fields Braze may never have
+        got unaccounted for: those outcomes are returned, and the caller must still owe their `unsent` fields."""
 
-        def give_back(lease: Lease) -> None:
+        def give_back(outcome: Outcome) -> Outcome | None:
+            lease = outcome.lease
             try:
-                if not self.state.release(lease.key, lease.owner, lease.quiet):
-                    logger.warning("a lease ran out before it was given back", extra={"lease_until": lease.until})
+                if self.state.release(lease.key, lease.owner, lease.quiet):
+                    return None
+                logger.warning("a lease ran out before it was given back", extra={"lease_until": lease.until})
             except StateUnavailable as exc:
                 logger.error("could not give a lease back; it runs out on its own", extra={"problem": str(exc)})
+            return outcome if lease.quiet else None
 
-        self._parallel(give_back, [o.lease for o in outcomes if o.lease is not None])
+        return [o for o in self._parallel(give_back, [o for o in outcomes if o.lease is not None]) if o is not None]
+
+    @staticmethod
+    def must_release(outcome: Outcome) -> bool:
+        """A delivered claim keeps its lease (it runs out on its own), unless it left inputs to mark quiet."""
+        return outcome.lease is not None and (outcome.kind != DELIVERED or bool(outcome.lease.quiet))
 
     def _parallel(self, function, items: list) -> list:
         """Independent state-table round trips side by side; one pool per container, created on first use."""
@@ -200,6 +213,14 @@ class Delivery:
         after = desired(values_of(claim.merged.state), config)
         due = self.due(claim.before, claim.merged, claim.user, config)
         claim.send = {name: after[name] for name in sorted(due) if name in after}
+        unsent: set[str] = set()
+        quiet = []
+        for name in sorted(claim.merged.newer):
+            fields = {f for f in fields_reading({name}, config) if f in after and f not in claim.send}
+            if fields:
+                quiet.append(name)
+                unsent |= fields
+        claim.lease = replace(claim.lease, quiet=tuple(quiet), unsent=tuple(sorted(unsent)))
         return claim
 
     @staticmethod
@@ -213,10 +234,9 @@ class Delivery:
 
     @staticmethod
     def _nothing_to_send(claim: _Claim) -> Outcome:
-        lease = replace(claim.lease, quiet=tuple(sorted(claim.merged.newer)))
         if not claim.merged.newer and claim.merged.older:
-            return _skip("superseded", "Braze already has newer values for every consent this event sets", lease)
-        return _skip("no_change", "the merged consent state calls for no change in Braze", lease)
+            return _skip("superseded", "Braze already has newer values for every consent this event sets", claim.lease)
+        return _skip("no_change", "the merged consent state calls for no change in Braze", claim.lease)
 
     # -- send and settle -------------------------------------------------------------------------------------
     def _send(self, ready: list[tuple[int, _Claim]], config: ConnectorConfig, deadline: float):

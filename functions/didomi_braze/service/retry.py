@@ -17,6 +17,7 @@ A message whose fate cannot be recorded is reported as a failure: it comes back,
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from ..domain.braze import DELIVERED, PERMANENT, RATE_LIMITED
 from ..domain.errors import MalformedRetryMessage
@@ -70,18 +71,21 @@ class _Batch:
         count("RetryAttempts", len(self.pending))
         work = by_user(list(self.pending.items()))
         config = self.deps.connector()  # a broken document fails the whole batch loudly: nothing is lost
-        now = self.deps.clock()
         outcomes = self.deps.delivery.deliver(work, config, lease_until=deadline + LEASE_MARGIN_SECONDS, deadline=deadline)
-        try:
-            for user, outcome in zip(work, outcomes, strict=True):
-                for message_id in user.tags:
-                    self.settle(message_id, outcome, now)
-        finally:
-            self.deps.delivery.release(outcomes)
+        now = self.deps.clock()  # after the Braze calls, which may have taken their whole timeout
+        # Leases first: where a quiet mark could not be written, the fields it stood for are still owed.
+        unrecorded = {id(o) for o in self.deps.delivery.release(outcomes)}
+        for user, outcome in zip(work, outcomes, strict=True):
+            still_owed = outcome.lease.unsent if id(outcome) in unrecorded else ()
+            for message_id in user.tags:
+                self.settle(message_id, outcome, now, still_owed)
 
-    def settle(self, message_id: str, outcome: Outcome, now: float) -> None:
+    def settle(self, message_id: str, outcome: Outcome, now: float, still_owed: tuple[str, ...] = ()) -> None:
         record, pending = self.records[message_id], self.pending[message_id]
         log = self._log(message_id)
+        # Every earlier receive of this copy made one Braze call (a receive that made none sends a fresh copy).
+        calls = pending.calls + record.receive_count - 1 + (1 if outcome.called_braze else 0)
+        before = pending.failures + record.receive_count - 1  # failures before this receive
         if outcome.kind in FINAL:
             if outcome.kind == DELIVERED:
                 self.counts["DeliveredAfterRetry"] += 1
@@ -93,20 +97,29 @@ class _Batch:
                 reason = outcome.skip_reason or "no_change"
                 count_by("EventsSkipped", "reason", reason)
                 logger.info("retry skipped", extra={**log, "outcome": "skipped", "reason": reason, "detail": outcome.reason})
+            if still_owed:
+                self.requeue(
+                    message_id, "the state table did not record what this delivery left unsent", 1, before, calls, still_owed
+                )
             return
-        calls = pending.calls + record.receive_count - (0 if outcome.called_braze else 1)
         if outcome.kind == PERMANENT:
             self.park(message_id, outcome, outcome.reason, "braze_rejected", calls)
             return
-        if outcome.kind in (RATE_LIMITED, BUSY):
-            self.wait(message_id, outcome, now, calls)
+        owed = (*outcome.owed, *still_owed)
+        if outcome.kind in (RATE_LIMITED, BUSY):  # waiting, not failing: a fresh copy keeps the counts
+            delay = self.deps.schedule.wait_until(outcome.retry_at, now)
+            self.requeue(message_id, outcome.reason, delay, before, calls, owed)
             return
         # A failure: Braze 5xx, timeout, connection error, 401/403, or the state table unavailable.
-        failures = pending.failures + record.receive_count
-        delay = self.deps.schedule.delay_after_failure(failures)
+        failures = before + 1
+        delay = self.deps.schedule.next_retry_in(failures, self._first_failure(message_id), now)
         if delay is None:
             reason = f"retries exhausted after {failures - 1} retries; last: {outcome.reason}"
             self.park(message_id, outcome, reason, "retries_exhausted", calls)
+            return
+        if not outcome.called_braze or still_owed:
+            # A copy, so that the receive count stays the count of Braze calls (and the copy can owe more).
+            self.requeue(message_id, outcome.reason, delay, failures, calls, owed, failed_with=outcome.status or 0)
             return
         try:
             self.deps.queue.postpone(record.receipt_handle, delay)
@@ -116,44 +129,56 @@ class _Batch:
                 "could not postpone a retry; it returns after the queue's visibility timeout",
                 extra={**log, "problem": str(exc)},
             )
+        self._scheduled(message_id, outcome.reason, outcome.status, delay)
+        self.failures.append(message_id)
+
+    def _scheduled(self, message_id: str, reason: str, status: int | None, delay: int) -> None:
         self.counts["RetriesScheduled"] += 1
         logger.warning(
             "retry failed; next retry scheduled",
             extra={
-                **log,
+                **self._log(message_id),
                 "outcome": "retry_failed",
-                "reason": outcome.reason,
-                "braze_status": outcome.status,
+                "reason": reason,
+                "braze_status": status,
                 "retry_in_seconds": delay,
             },
         )
-        self.failures.append(message_id)
 
-    def wait(self, message_id: str, outcome: Outcome, now: float, calls: int) -> None:
-        """Not a failure: queue a copy for when the wait ends, keeping the counts, and let this one go."""
-        record, pending = self.records[message_id], self.pending[message_id]
-        delay = self.deps.schedule.wait_until(outcome.retry_at, now)
-        failures = pending.failures + record.receive_count - 1
+    def requeue(
+        self,
+        message_id: str,
+        reason: str,
+        delay: int,
+        failures: int,
+        calls: int,
+        owed: tuple[str, ...],
+        failed_with: int | None = None,  # a failure (Braze's status, 0 for none) rather than a wait
+    ) -> None:
+        """Queue a fresh copy carrying the counts so far (and what it owes), and let this one go."""
+        pending = self.pending[message_id]
         copy = replace(
             pending,
-            owed=tuple(sorted({*(pending.owed or ()), *outcome.owed})) if outcome.owed else pending.owed,
+            owed=tuple(sorted({*(pending.owed or ()), *owed})) if owed else pending.owed,
             failures=failures,
             calls=calls,
-            reason=outcome.reason,
-            first_failure_at=self._first_failure_at(message_id) if failures else None,
+            reason=reason,
+            first_failure_at=iso_utc(self._first_failure(message_id)) if failures else None,
         )
         try:
             self.deps.queue.enqueue(copy.to_json(), delay)
         except Exception as exc:
             logger.error(
-                "could not queue a waiting retry; it comes back as it is", extra={**self._log(message_id), "problem": str(exc)}
+                "could not queue a copy of a retry; it comes back as it is", extra={**self._log(message_id), "problem": str(exc)}
             )
             self.failures.append(message_id)
             return
+        if failed_with is not None:
+            self._scheduled(message_id, reason, failed_with or None, delay)
+            return
         self.counts["RetriesDeferred"] += 1
         logger.info(
-            "retry waits",
-            extra={**self._log(message_id), "outcome": "waits", "reason": outcome.reason, "retry_in_seconds": delay},
+            "retry waits", extra={**self._log(message_id), "outcome": "waits", "reason": reason, "retry_in_seconds": delay}
         )
 
     def park(self, message_id: str, outcome: Outcome | None, reason: str, category: str, calls: int | None = None) -> None:
@@ -188,14 +213,20 @@ class _Batch:
             },
         )
 
-    def _first_failure_at(self, message_id: str) -> str:
+    def _first_failure(self, message_id: str) -> float:
         """From the message, else the first receive of this copy (a copy only comes back after a failure), else now."""
         record, pending = self.records[message_id], self.pending.get(message_id)
         if pending and pending.first_failure_at:
-            return pending.first_failure_at
+            try:
+                return datetime.fromisoformat(pending.first_failure_at.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                pass
         if record.receive_count > 1 and record.first_received_at:
-            return iso_utc(record.first_received_at)
-        return iso_utc(self.deps.clock())
+            return record.first_received_at
+        return self.deps.clock()
+
+    def _first_failure_at(self, message_id: str) -> str:
+        return iso_utc(self._first_failure(message_id))
 
     def flush_counts(self) -> None:
         for name, value in self.counts.items():

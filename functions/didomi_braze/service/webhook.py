@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..domain.access import OAUTH, bearer_matches
 from ..domain.braze import DELIVERED, PERMANENT, RATE_LIMITED, RETRYABLE
@@ -23,7 +23,7 @@ from ..domain.mapping import BrazeIdentity, Change, Skip, plan
 from ..domain.ports import DeadLetter
 from ..domain.retry import PendingChange, UserWork, iso_utc
 from ..observability import count, count_by, logger
-from .delivery import BUSY, SKIPPED, UNAVAILABLE, Outcome
+from .delivery import BUSY, SKIPPED, UNAVAILABLE, Delivery, Outcome
 from .dependencies import Dependencies
 
 MAX_BODY_BYTES = 256 * 1024
@@ -117,25 +117,42 @@ def _deliver(change: Change, config: ConnectorConfig, deps: Dependencies, deadli
     [outcome] = deps.delivery.deliver([user], config, lease_until, deadline=deadline or lease_until, merge_when_busy=True)
     log.update(fields=outcome.sent or None)
 
-    if outcome.kind == DELIVERED:
-        # The lease is not given back: it runs out on its own a few seconds after the Braze call could have ended,
-        # which saves a state-table round trip on every delivered event (README "Ordering").
-        count("EventsDelivered")
-        logger.info("event delivered to Braze", extra={**log, "outcome": "delivered", "braze_status": outcome.status})
-        return Answer(200, {"status": "delivered"})
-    if outcome.kind == SKIPPED:
-        deps.delivery.release([outcome])
-        return _skipped(outcome.skip_reason or "no_change", outcome.reason, log)
     if outcome.kind == UNAVAILABLE:
         return _unavailable("state_table_unavailable", Exception(outcome.reason), log)
+    # A delivered event keeps its lease, which runs out on its own a few seconds after the Braze call could have
+    # ended: that saves a state-table round trip on every delivered event (README "Ordering"). Unless the claim left
+    # inputs to mark quiet; and where that mark cannot be written, the fields it stood for are owed.
+    unrecorded = deps.delivery.release([outcome]) if Delivery.must_release(outcome) else []
+    still_owed = outcome.lease.unsent if unrecorded else ()
+    if outcome.kind == DELIVERED:
+        count("EventsDelivered")
+        logger.info("event delivered to Braze", extra={**log, "outcome": "delivered", "braze_status": outcome.status})
+        return _owe(change, still_owed, deps, log) or Answer(200, {"status": "delivered"})
+    if outcome.kind == SKIPPED:
+        return _owe(change, still_owed, deps, log) or _skipped(outcome.skip_reason or "no_change", outcome.reason, log)
 
     pending = _pending(change, outcome, deps)
+    if still_owed:
+        pending = replace(pending, owed=tuple(sorted({*(pending.owed or ()), *still_owed})))
+    if outcome.kind == PERMANENT:
+        return _park(pending, outcome, deps, log)
+    return _queue(pending, outcome, deps, log)
+
+
+def _owe(change: Change, fields: tuple[str, ...], deps: Dependencies, log: dict) -> Answer | None:
+    """Queue the fields a delivery left unsent when the state table could not record that it did: None when there
+    is nothing to owe or it is queued (the caller's answer stands), else 503 so that Didomi delivers the event again."""
+    if not fields:
+        return None
+    owing = Outcome(BUSY, "the state table did not record what this delivery left unsent", owed=fields)
+    pending = _pending(change, owing, deps)
     try:
-        if outcome.kind == PERMANENT:
-            return _park(pending, outcome, deps, log)
-        return _queue(pending, outcome, deps, log)
-    finally:
-        deps.delivery.release([outcome])
+        deps.queue.enqueue(pending.to_json(), 1)
+    except Exception as exc:
+        return _unavailable("retry_queue_unavailable", exc, log)
+    count("EventsQueued")
+    logger.warning("fields owed to Braze queued", extra={**log, "outcome": "queued", "reason": owing.reason, "fields": fields})
+    return None
 
 
 def _pending(change: Change, outcome: Outcome, deps: Dependencies) -> PendingChange:

@@ -1,12 +1,10 @@
-"""A small world on the in-memory ports (sandbox/memory.py) for the review's regression tests: the real webhook,
+"""A small world on the in-memory ports (sandbox/memory.py) for tests of one fault at a time: the real webhook,
 worker and delivery services, Didomi's model of tests/property, and faults armed one call at a time."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-
-import pytest
 
 from didomi_braze.domain.connector import parse_connector_document
 from didomi_braze.domain.mapping import EMAIL_FIELD, desired, group_field
@@ -36,9 +34,11 @@ class World:
         _wrap(self.faults, self.state, self.queues, self.braze)
         self.deps = memory_dependencies(config, self.state, self.queues, self.braze, self.clock)
         self.worker = MemoryWorker(self.deps, self.queues, self.clock)
+        self._level = logger.log_level
         logger.setLevel("CRITICAL")
 
     def close(self):
+        logger.setLevel(self._level)
         self._quiet.close()
 
     def post(self, body: dict, fault: str | None = None):
@@ -69,8 +69,3 @@ class World:
 
     def parked(self) -> list:
         return list(self.queues.dead_letters.messages.values())
-
-
-# Every test of tests/review demonstrates a hole on main: strict xfail keeps the suite green and turns red (XPASS)
-# once the hole is fixed, when the marker is to be removed. `pytest --runxfail tests/review` shows the failures.
-hole = pytest.mark.xfail(strict=True, reason="review finding: fails until the product is fixed")

@@ -1,13 +1,13 @@
-"""The quiet mark (ordering.StoredInput.quiet) is written by the lease's release, a second round trip that may fail
-after the event was answered 2xx. A fact stored without its quiet mark vouches for a Braze call that never happened,
-and the redelivery of the change it rests on is then judged `superseded`."""
+"""The quiet mark (ordering.StoredInput.quiet): a fact merged by a claim that did not send its fields must not vouch
+for a Braze call that never happened, or the redelivery of an older change of the same value, whose first delivery
+died, would be judged `superseded`. The mark is written when the lease is given back; when that write fails, the
+fields are queued as owed instead."""
 
+from tests.faults.harness import World
 from tests.property.didomi_model import NEWSLETTER, SALES
-from tests.review.harness import World, hole
 
 
-@hole
-def test_a_failed_release_loses_the_quiet_mark_and_an_opt_out_never_reaches_braze():
+def test_when_the_quiet_mark_cannot_be_written_the_fields_are_owed_and_the_opt_out_reaches_braze():
     world = World()
     try:
         world.didomi.consent("u0", {NEWSLETTER: False}, pending=False, regulation="gdpr")
@@ -26,12 +26,10 @@ def test_a_failed_release_loses_the_quiet_mark_and_an_opt_out_never_reaches_braz
         world.close()
 
 
-@hole
-def test_an_input_whose_field_was_not_sent_is_stored_loud_and_supersedes_the_change_braze_still_waits_for():
-    """No AWS fault at all: one invocation dies after its claim (the model's `die_after_claim`), then a later event
-    sets the same value again together with another consent. The claim sends only the other consent's field, but
-    stores the repeated value without the quiet mark (only `_nothing_to_send` marks quiet), so the redelivery of the
-    change whose first delivery died is judged `superseded`."""
+def test_a_repeated_value_sent_with_another_consent_is_stored_quiet_so_the_died_change_is_sent_on_redelivery():
+    """One invocation dies after its claim, then a later event sets the same value again together with another
+    consent. Its claim sends only the other consent's field, so it stores the repeated value as quiet (one more
+    write, on this path only): the redelivery of the change whose first delivery died is sent again."""
     world = World()
     try:
         world.didomi.consent("u0", {NEWSLETTER: False}, pending=False, regulation="gdpr")

@@ -5,7 +5,6 @@ import pytest
 
 from didomi_braze.observability import metrics_to
 from tests.integration.test_flow_back import USER, Counts, World
-from tests.review.harness import hole
 from tests.samples import didomi_body
 
 
@@ -33,12 +32,11 @@ def _die_after_the_next_claim(world):
     world.state.claim = claim_then_die
 
 
-@hole
-def test_an_ingest_that_dies_after_merging_loses_the_put_back_braze_needed(world):
+def test_an_ingest_that_dies_after_merging_still_gives_braze_the_put_back_when_its_message_returns(world):
     """README "No echoes, no loops": when a Didomi update older than the Braze change reached Braze after it, the
     flow back "puts the newer choice back". If the ingest invocation dies between its claim (which writes the Braze
-    change into the merged state) and the Braze call, the message comes back and the change is judged `no_change`
-    against the merged state the dead invocation left: Braze keeps the stale opt-in, Didomi says unsubscribed."""
+    change into the merged state) and the Braze call, the message comes back: the change, found merged at its own
+    position, is written and delivered again (both idempotent), so Braze does not keep the stale opt-in."""
     world.braze.fail_next("503")
     assert world.in_didomi_webhook(didomi_body("event-created"))["status"] == "queued"  # newsletter granted (2026)
     world.clock.advance(5)
