@@ -131,7 +131,10 @@ def _server(raw: Any, allow_loopback: bool, problems: list[str]) -> str:
 
 def _shown(value: str) -> str:
     """The server's value, in a message, only as far as it is a URL's origin: swapped with the API key by mistake, the
-    value is a secret, and the message is logged on every request while the document is wrong."""
+    value is a secret, and the message is logged on every request while the document is wrong. A value shaped like
+    an instance code (EU-09) is shown whole: no API key is that short, and a mistyped code is the usual mistake."""
+    if re.fullmatch(r"[A-Za-z]{2,3}-\d{1,2}", value):
+        return f" {value!r}"
     origin = re.match(r"^(https?://[A-Za-z0-9.-]{1,100}(:\d{1,5})?)(/|$)", value)
     return f" {origin.group(1)!r}" if origin else ""
 
