@@ -435,6 +435,19 @@ def report(results: dict, memory_events: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+KEPT_SECTIONS = ("simulation",)  # written by other commands (`make simulate`): a benchmark run leaves them as they are
+
+
+def kept_sections(previous: str) -> str:
+    """The marked sections (`<!-- name -->` … `<!-- /name -->`) of the previous RESULTS.md that other commands own."""
+    kept = []
+    for name in KEPT_SECTIONS:
+        start, end = previous.find(f"<!-- {name} -->"), previous.find(f"<!-- /{name} -->")
+        if 0 <= start < end:
+            kept.append(previous[start : end + len(f"<!-- /{name} -->")])
+    return "".join(f"\n{section}\n" for section in kept)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts, to check that the benchmarks run")
@@ -466,5 +479,6 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results, args.memory_events)
     print(text)
     if not args.no_write:
-        (ROOT / "benchmarks" / "RESULTS.md").write_text(text)
+        results_md = ROOT / "benchmarks" / "RESULTS.md"
+        results_md.write_text(text + kept_sections(results_md.read_text() if results_md.exists() else ""))
     return 0
