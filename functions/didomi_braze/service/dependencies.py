@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class Dependencies:
     schedule: RetrySchedule
     webhook_lease_seconds: float  # the webhook's lease: its one Braze call and a margin
     clock: Callable[[], float] = field(default=lambda: time.time())  # looked up per call: tests move the clock
+    rng: random.Random = field(default_factory=random.Random)  # jitter; seeded where a run must repeat
 
     def connector(self, force: bool = False) -> ConnectorConfig:
         return self.connector_source.load(force=force)
