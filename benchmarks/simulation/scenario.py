@@ -226,9 +226,14 @@ class Simulation:
         the one before (Didomi's time orders the changes; it is not the virtual clock)."""
         created = datetime.fromtimestamp(START, tz=UTC) + timedelta(milliseconds=event)
         values = self.values(event)
-        purposes = [{"id": p, "enabled": values[name]} for name, p in ((MARKETING, "marketing"), (NEWSLETTER, "newsletter")) if name in values]
+        purposes: list[dict] = [
+            {"id": purpose, "enabled": values[name]}
+            for name, purpose in ((MARKETING, "marketing"), (NEWSLETTER, "newsletter"))
+            if name in values
+        ]
         if SALES in values:
-            purposes.append({"id": "offers", "enabled": None, "values": {"topics": {"value": "sales" if values[SALES] else "news"}}})
+            topic = "sales" if values[SALES] else "news"
+            purposes.append({"id": "offers", "enabled": None, "values": {"topics": {"value": topic}}})
         user = f"user-{self.user_of[event]}"
         entity = {
             "id": f"ev-{event}",
@@ -294,6 +299,7 @@ class Simulation:
             schedule=RetrySchedule.parse(None),
             webhook_lease_seconds=math.ceil(BRAZE_SECONDS) + LEASE_MARGIN_SECONDS,
             clock=self.clock,
+            rng=random.Random(self.rng.random()),  # each environment its own jitter, the same in every run of a seed
         )
 
     def _webhook(self, event: int, attempt: int) -> None:
