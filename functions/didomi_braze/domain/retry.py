@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from .errors import MalformedRetryMessage
 from .mapping import BrazeIdentity, Change
-from .ordering import Position, StoredInput
+from .ordering import MergedState, Position, StoredInput, merge
 
 MESSAGE_VERSION = 2
 IDENTITY_KINDS = ("external_id", "email")
@@ -106,21 +106,27 @@ class UserWork:
     """Everything one invocation delivers for one Braze user: the changes to merge and the fields owed.
 
     A change found already merged at its own position was seen before and may never have reached Braze, so its
-    fields are sent again, unless a failed call already said what it owes (`accounted`)."""
+    fields are sent again, unless a failed call already said what it owes. This is judged change by change: in a
+    batch, a newer change of the same value must not hide the redelivery of an older one (`seen_again`)."""
 
     identity: BrazeIdentity
     changes: list[Change] = field(default_factory=list)
     owed: set[str] = field(default_factory=set)
-    accounted: set[str] = field(default_factory=set)  # inputs whose undelivered fields are in `owed`
+    judged: list[Change] = field(default_factory=list)  # changes no failed call said what they owe: the merge says
     tags: list[str] = field(default_factory=list)  # who asked (message ids), in order
 
     def add(self, change: Change, owed: tuple[str, ...] | None = None, tag: str | None = None) -> None:
         self.changes.append(change)
         if owed is not None:
             self.owed.update(owed)
-            self.accounted.update(change.inputs)
+        else:
+            self.judged.append(change)
         if tag is not None:
             self.tags.append(tag)
+
+    def seen_again(self, stored: MergedState) -> frozenset[str]:
+        """The inputs whose delivery may rest on one of these changes (ordering.Merge.seen), change by change."""
+        return frozenset().union(*(merge(stored, change.inputs).seen for change in self.judged))
 
     @property
     def event(self) -> str:
