@@ -350,3 +350,33 @@ def test_the_template_s_enable_backfill_creates_the_didomi_secret_and_its_output
         stack = Stack(template=template, parameters={**defaults, **parameters}, region=REGION, name="s")
         assert ("DidomiSecret" in stack.resources("AWS::SecretsManager::Secret")) is expected
         assert stack.condition(template["Outputs"]["DidomiSecretArn"]["Condition"]) is expected
+
+
+# -- the worker's counts -------------------------------------------------------------------------------------------
+def test_a_change_braze_rejects_is_parked_and_counted_parked_for_its_run(aws, braze, didomi, stack, secret, worker):
+    add_users(didomi, 2)
+    for n in range(2):
+        braze.add_user(f"external_id:customer-{n}")
+    code, out, _ = backfill_run(aws, stack, "--didomi-secret-id", secret)
+    braze.fail_next("400", "400", "400")  # the request for both users, then each user's own
+
+    drain(worker)
+
+    assert code == 0
+    counts = checkpoint(aws, run_id(out))
+    assert (counts["parked"], counts.get("applied")) == ("2", None)
+    assert {m["MessageAttributes"]["category"]["StringValue"] for m in aws.messages(aws.dead_letter_queue)} == {"braze_rejected"}
+
+
+def test_a_retry_without_a_run_writes_no_run_item(aws, braze, worker):
+    braze.fail_next("503")
+    assert call_webhook(event_for("customer-7"))[0] == 202  # Braze failed: the change waits on the retry queue
+
+    with freeze_time(datetime.now(UTC)) as clock:
+        for _ in range(40):
+            clock.tick(1)
+            drain(worker)
+
+    assert braze.state("external_id:customer-7") is not None
+    items = aws.dynamodb.scan(TableName=aws.stack.table_names["StateTable"])["Items"]
+    assert [i["user_key"]["S"] for i in items if i["user_key"]["S"].startswith("backfill#")] == []
