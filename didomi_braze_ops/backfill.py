@@ -15,7 +15,9 @@ command (a second Ctrl-C stops at once).
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import shlex
 import signal
 import sys
 import time
@@ -204,6 +206,7 @@ class Run:
         self.config = config
         self.runs, self.sender, self.out, self.pace, self.stop = runs, sender, out, pace, stop
         self.reasons: Counter[str] = Counter()
+        self.broken = False  # a batch or a checkpoint could not be written: the run stops where it certainly is
 
     def go(self, users: Iterator[tuple[dict, dict]], limit: int | None) -> Checkpoint:
         working = self.saved
@@ -221,7 +224,6 @@ class Run:
                     working = replace(working, not_sent=working.not_sent + 1)
                 if len(batch) == BATCH:
                     self._flush(batch, working)
-                    batch = []
                 if self.stop() or (limit is not None and read_now >= limit):
                     break
             else:
@@ -247,16 +249,25 @@ class Run:
         return PendingChange(change, None, "backfill", iso_utc(self.pace.clock()), run=self.saved.run).to_json()
 
     def _flush(self, batch: list[tuple[str, Checkpoint]], working: Checkpoint) -> None:
-        if batch:
-            try:
-                self.sender.send([body for body, _ in batch])
-            except QueueRefused as exc:
-                # Only what was certainly queued is checkpointed; the batch's later users are read again on resume.
-                if exc.queued:
-                    self._save(batch[exc.queued - 1][1])
-                raise Stopped(str(exc)) from None
-        if working != self.saved:
-            self._save(working)
+        """Queue the batch (emptied once queued) and checkpoint. After a failure nothing more is queued or saved, so
+        that the checkpoint stays at what the queue certainly holds."""
+        if self.broken:
+            return
+        try:
+            if batch:
+                try:
+                    self.sender.send([body for body, _ in batch])
+                except QueueRefused as exc:
+                    # Only what was certainly queued is checkpointed; the batch's later users are read again on resume.
+                    if exc.queued:
+                        self._save(batch[exc.queued - 1][1])
+                    raise Stopped(str(exc)) from None
+                batch.clear()
+            if working != self.saved:
+                self._save(working)
+        except Stopped:
+            self.broken = True
+            raise
 
     def _save(self, checkpoint: Checkpoint) -> None:
         try:
@@ -296,7 +307,7 @@ def command(
         _check_source(checkpoint, args)
         if checkpoint.finished:
             print(f"Run {checkpoint.run} has read every user already.", file=out)
-            return follow(runs, checkpoint.run, out, pace) if args.follow else 0
+            return follow(runs, checkpoint.run, out, pace, args.stack) if args.follow else 0
     else:
         regulation = _regulation(args.regulation, config)
         source = FILE_SOURCE + args.file.name if args.file is not None else API_SOURCE
@@ -333,7 +344,7 @@ def command(
         print(f"Stopped before the end. Resume with: {_resume_command(args, saved.run)}", file=out)
         return EXIT_STOPPED
     if args.follow:
-        return follow(runs, saved.run, out, pace)
+        return follow(runs, saved.run, out, pace, args.stack)
     print(f"Every user is read. Watch the worker settle them: {_resume_command(args, saved.run)} --follow", file=out)
     return 0
 
@@ -369,7 +380,7 @@ def dry_run(users: Iterator[tuple[dict, dict]], config: ConnectorConfig, regulat
     return 0
 
 
-def follow(runs: BackfillRuns, run: str, out: TextIO, pace: Pace, every: float = FOLLOW_SECONDS) -> int:
+def follow(runs: BackfillRuns, run: str, out: TextIO, pace: Pace, stack: str = "<stack>", every: float = FOLLOW_SECONDS) -> int:
     """Print the run's counts whenever they change, until every queued change is applied, skipped or parked."""
     last = ""
     while True:
@@ -382,15 +393,13 @@ def follow(runs: BackfillRuns, run: str, out: TextIO, pace: Pace, every: float =
             break
         pace.sleep(every)
     if checkpoint.parked:
-        print(f"{checkpoint.parked} change(s) parked: see them with didomi-braze replay --stack <stack>", file=out)
+        print(f"{checkpoint.parked} change(s) parked: see them with didomi-braze replay --stack {stack}", file=out)
     print("Every queued change is settled.", file=out)
     return 0
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
 def _api(aws: Aws, outputs, args, checkpoint: Checkpoint, pace: Pace, out: TextIO, transport) -> Iterator[tuple[dict, dict]]:
-    import os
-
     secret_id = args.didomi_secret_id or outputs.values.get("DidomiSecretArn")
     if not secret_id:
         raise OperatorError(
@@ -462,20 +471,12 @@ def _describe_source(checkpoint: Checkpoint, args) -> str:
 def _resume_command(args, run: str) -> str:
     parts = ["didomi-braze backfill", f"--stack {args.stack}", f"--resume {run}"]
     if args.file is not None:
-        parts.append(f"--file {_quote(str(args.file))}")
+        parts.append(f"--file {shlex.quote(str(args.file))}")
     if args.didomi_secret_id:
         parts.append(f"--didomi-secret-id {args.didomi_secret_id}")
     if args.region:
         parts.append(f"--region {args.region}")
     return " ".join(parts)
-
-
-def _quote(text: str) -> str:
-    return (
-        text
-        if text.replace("/", "").replace(".", "").replace("-", "").replace("_", "").isalnum()
-        else "'" + text.replace("'", "'\\''") + "'"
-    )
 
 
 def _interrupted() -> Callable[[], bool]:

@@ -21,6 +21,7 @@ and is never loosened to make a test pass. What it checks, with the documentatio
 - Routes outside `/consents` (`/sessions` included) and `$include_full_tree=true` reads are limited to "100 requests
   every 15 seconds per organization" (429).
 - Faults on demand: 401, 429, 5xx, or a hang after the change was applied (the answer is lost, the change is not).
+  Didomi documents no header on a 429; `retry_after` adds HTTP's standard `Retry-After` to the 429 fault.
 """
 
 from __future__ import annotations
