@@ -33,9 +33,11 @@ class PendingChange:
     failures: int = 0  # failed Braze calls before this copy of the message was sent
     calls: int = 0  # Braze calls before this copy of the message was sent
     first_failure_at: str | None = None
+    run: str | None = None  # the backfill run that queued it (README "Backfill"); the worker counts its outcome
 
     def to_json(self) -> str:
         change = self.change
+        run = {"run": self.run} if self.run is not None else {}
         return json.dumps(
             {
                 "version": MESSAGE_VERSION,
@@ -49,6 +51,7 @@ class PendingChange:
                 "failures": self.failures,
                 "calls": self.calls,
                 "first_failure_at": self.first_failure_at,
+                **run,
             },
             separators=(",", ":"),
         )
@@ -73,6 +76,7 @@ class PendingChange:
                 failures=_count(raw.get("failures", 0)),
                 calls=_count(raw.get("calls", 0)),
                 first_failure_at=raw.get("first_failure_at"),
+                run=str(raw["run"]) if raw.get("run") is not None else None,
             )
         except MalformedRetryMessage:
             raise
@@ -85,8 +89,9 @@ class PendingChange:
         return pending
 
     def ready_to_replay(self) -> PendingChange:
-        """The body a parked message keeps: moved back to the retry queue, it starts a fresh schedule."""
-        return replace(self, failures=0, calls=0, first_failure_at=None)
+        """The body a parked message keeps: moved back to the retry queue, it starts a fresh schedule (and no longer
+        counts for its backfill run, which counted it parked)."""
+        return replace(self, failures=0, calls=0, first_failure_at=None, run=None)
 
 
 def _bool(value: object) -> bool:
