@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := functions:.
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: test lint unit demo serve invoke validate-config preview put-config trace replay backfill bench fuzz clean
+.PHONY: test lint unit demo serve invoke validate-config preview put-config trace replay backfill bench simulate fuzz clean
 
 $(VENV)/.installed: requirements.txt functions/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -103,6 +103,11 @@ $(BENCH_VENV)/.installed:
 ## make bench: cold start, warm event, worker, memory and package size against same-run baselines (about 10 minutes)
 bench: $(VENV)/.installed $(SAM_VENV)/.installed $(BENCH_VENV)/.installed
 	$(PY) -m benchmarks
+
+## make simulate: 1,000,000 webhooks in 200 s through the real services on a virtual clock, figures to
+## benchmarks/RESULTS.md (about 10 minutes; SCALE=50 for the test's size, SEED=n for another draw)
+simulate: $(VENV)/.installed
+	$(PY) -m benchmarks.simulation $(if $(SCALE),--scale $(SCALE)) $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) $(BENCH_VENV) .aws-sam .pytest_cache .ruff_cache .hypothesis

@@ -248,3 +248,13 @@ def test_a_customer_managed_key_is_granted_through_secrets_manager_only():
 
 def test_the_oauth_user_pool_is_on_a_deliberate_feature_plan():
     assert RESOURCES["OAuthUserPool"]["Properties"]["UserPoolTier"] == "LITE"
+
+
+def test_the_worker_runs_enough_invocations_at_once_to_drain_a_burst_handed_off_at_5000_a_second():
+    # Each invocation takes a batch of 100 messages and about a second for it: a burst of 5,000 webhooks a second,
+    # mostly handed to the worker, needs about 50 at once to be drained within a minute of its end (the burst
+    # simulation: at 10 it drained four minutes after the burst).
+    source = RESOURCES["RetryFunction"]["Properties"]["Events"]["Retries"]["Properties"]
+    assert source["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "RetryMaximumConcurrency"}
+    assert source["BatchSize"] * TEMPLATE["Parameters"]["RetryMaximumConcurrency"]["Default"] >= 5000
+    assert "`RetryMaximumConcurrency` | `50`" in README

@@ -32,6 +32,16 @@ def test_the_webhook_hands_off_until_the_window_resets_once_the_reserve_is_reach
     assert gauge.hand_off_until(NOW + 2) is None  # a new window: the synchronous path resumes
 
 
+def test_by_default_the_webhook_hands_off_once_a_quarter_of_the_window_is_spent():
+    # The other integrations keep spending the window between two readings of it: the batched worker needs the
+    # rest of the window to send its requests without meeting 429s.
+    gauge = RateGauge()
+    gauge.observe(_answer(remaining=2251), NOW)
+    assert gauge.hand_off_until(NOW) is None
+    gauge.observe(_answer(remaining=2250), NOW)
+    assert gauge.hand_off_until(NOW) == NOW + 2
+
+
 def test_a_429_spends_the_window_until_braze_s_reset():
     gauge = RateGauge()
     gauge.observe(_answer(remaining=10), NOW)

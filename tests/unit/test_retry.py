@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import random
 
 import pytest
 
@@ -26,6 +27,17 @@ def test_waiting_for_a_rate_limit_reset_or_a_lease_is_at_least_one_second_and_at
     assert RetrySchedule.wait_until(999, now=1000) == 1
     assert RetrySchedule.wait_until(1000 + 5000, now=1000) == 900
     assert RetrySchedule.wait_until(None, now=1000, at_least=30) == 30
+
+
+def test_a_change_that_found_the_user_busy_looks_again_after_2_to_5_s_or_when_the_lease_runs_out_if_sooner():
+    # A worker's lease covers its whole invocation but is given back when its batch is done: waiting for the lease
+    # to run out would hold the change back for a minute.
+    rng = random.Random(7)
+    delays = {RetrySchedule.relook_when_busy(1062, now=1000, rng=rng) for _ in range(200)}
+    assert delays == {2, 3, 4, 5}
+    assert RetrySchedule.relook_when_busy(1001.5, now=1000, rng=rng) == 2
+    assert RetrySchedule.relook_when_busy(999, now=1000, rng=rng) == 1
+    assert RetrySchedule.relook_when_busy(None, now=1000, rng=rng) == 1
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,10 @@ the workspace's, shared by every container of ours and every other integration o
 a fresh reading of one shared signal, at no cost. From it:
 
 - the webhook hands events to the batched worker (one request per 50 users) instead of calling Braze one user per
-  request, once less than `sync_reserve` of the window is left, until the window resets;
+  request, once less than `sync_reserve` of the window is left, until the window resets. Three quarters: the
+  webhook's readings are up to a Braze call old, one per container, and the other integrations keep spending the
+  window meanwhile; stopping the synchronous calls once a quarter is spent leaves the batched worker room to send
+  its requests inside the same window instead of meeting 429s (README "Braze's rate limit");
 - the worker sends nothing more once the window is spent, and waits for the reset rather than collect 429s.
 
 A reading older than its window's reset says nothing about the next window: the synchronous path resumes.
@@ -21,7 +24,7 @@ from .braze import RATE_LIMITED, BrazeOutcome, RateWindow
 
 @dataclass
 class RateGauge:
-    sync_reserve: float = 0.5  # the share of a window the webhook leaves to the batched worker
+    sync_reserve: float = 0.75  # the share of a window the webhook leaves to the batched worker
     window: RateWindow | None = None
 
     def observe(self, outcome: BrazeOutcome, now: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 from .errors import ConfigurationError
@@ -13,6 +14,7 @@ DEFAULT_DELAYS = "30,45,55,65,75"
 MIN_RETRIES = 5  # Didomi's promise: at least five retries within five minutes
 MAX_RETRIES = 9  # the retry queue's maxReceiveCount (10) must stay above the number of retries
 MAX_DELAY_SECONDS = 900  # SQS DelaySeconds limit; also keeps every retry inside the message's lifetime
+BUSY_RELOOK_SECONDS = (2, 5)  # a change that found the user's lease held looks again after this long, jittered
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,13 @@ class RetrySchedule:
         """Seconds to wait for Braze's `X-RateLimit-Reset` (or another invocation's lease), within SQS's 900 s."""
         delay = math.ceil(retry_at - now) if retry_at is not None else at_least
         return min(max(delay, at_least), MAX_DELAY_SECONDS)
+
+    @classmethod
+    def relook_when_busy(cls, lease_until: float | None, now: float, rng: random.Random) -> int:
+        """Seconds before a change that found another invocation holding the user's lease looks again: when the
+        lease runs out, or after 2-5 s (jittered) if that is sooner. A worker's lease covers its whole invocation
+        (about a minute) but is given back as soon as its batch is done, usually within a second or two; waiting
+        the whole lease would hold the change back for a minute for nothing. Looking too early costs only a fresh
+        copy of the message: the claim decides, never the wait."""
+        low, high = BUSY_RELOOK_SECONDS
+        return min(cls.wait_until(lease_until, now), rng.randint(low, high))

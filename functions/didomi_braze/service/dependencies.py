@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ class Dependencies:
     webhook_lease_seconds: float  # the webhook's lease: its one Braze call and a margin
     clock: Callable[[], float] = field(default=lambda: time.time())  # looked up per call: tests move the clock
     backfill_runs: BackfillRuns | None = None  # the worker counts each backfill run's settled messages
+    rng: random.Random = field(default_factory=random.Random)  # jitter; seeded where a run must repeat
 
     def connector(self, force: bool = False) -> ConnectorConfig:
         return self.connector_source.load(force=force)

@@ -111,7 +111,10 @@ class _Batch:
             return
         owed = (*outcome.owed, *still_owed)
         if outcome.kind in (RATE_LIMITED, BUSY):  # waiting, not failing: a fresh copy keeps the counts
-            delay = self.deps.schedule.wait_until(outcome.retry_at, now)
+            if outcome.kind == BUSY:  # the holder usually gives the lease back long before it runs out
+                delay = self.deps.schedule.relook_when_busy(outcome.retry_at, now, self.deps.rng)
+            else:
+                delay = self.deps.schedule.wait_until(outcome.retry_at, now)
             self.requeue(message_id, outcome.reason, delay, before, calls, owed)
             return
         # A failure: Braze 5xx, timeout, connection error, 401/403, or the state table unavailable.

@@ -176,7 +176,9 @@ def _queue(pending: PendingChange, outcome: Outcome, deps: Dependencies, log: di
         delay = deps.schedule.delay_after_failure(1)
     elif outcome.kind == HANDED_OFF:
         delay = 0  # the worker's own reading of the window decides when it calls
-    else:  # rate limited, or another invocation holds the user: wait for the reset, or the lease to run out
+    elif outcome.kind == BUSY:  # another invocation holds the user: look again when it is likely done
+        delay = deps.schedule.relook_when_busy(outcome.retry_at, now, deps.rng)
+    else:  # rate limited: wait for the reset
         delay = deps.schedule.wait_until(outcome.retry_at, now, at_least=1)
     try:
         deps.queue.enqueue(pending.to_json(), delay)
