@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := functions:.
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: test lint unit demo serve invoke validate-config preview put-config trace replay bench simulate fuzz clean
+.PHONY: test lint unit demo serve invoke validate-config preview put-config trace replay backfill bench simulate fuzz clean
 
 $(VENV)/.installed: requirements.txt functions/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,7 @@ lint: $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/cfn-lint template.yaml
 	$(VENV)/bin/cfn-lint template.yaml --parameters AuthMode=oauth AllowedSourceCidrs=35.159.1.63/32 RetryMaximumConcurrency=2 AlarmEmail=ops@example.com
 	$(VENV)/bin/cfn-lint template.yaml --parameters EnableBrazeCurrents=true BrazeCurrentsPrincipal=210987654321 BrazeCurrentsExternalId=example-external-id CurrentsOptIns=true
+	$(VENV)/bin/cfn-lint template.yaml --parameters EnableBackfill=true
 	$(VENV)/bin/cfn-lint template.yaml --parameters \
 		ExistingConnectorSecretArn=arn:aws:secretsmanager:eu-central-1:123456789012:secret:didomi/connector-AbC123 \
 		ConnectorSecretKmsKeyArn=arn:aws:kms:eu-central-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab
@@ -83,6 +84,10 @@ trace: $(VENV)/.installed
 ## make replay STACK=<stack name> [CATEGORY=retries_exhausted [REASON="…"] [MOVE=yes]]
 replay: $(VENV)/.installed
 	$(OPS) replay --stack "$(STACK)" $(if $(CATEGORY),--category "$(CATEGORY)") $(if $(REASON),--reason "$(REASON)") $(if $(filter yes,$(MOVE)),--move) $(REGION_ARG)
+
+## make backfill ARGS="--stack <stack name> --dry-run"   (then without --dry-run; --resume RUN_ID, --follow, --file F)
+backfill: $(VENV)/.installed
+	$(OPS) backfill $(ARGS)
 
 # The benchmarks' fresh processes run like Lambda's: Python 3.13 with boto3, on the `sam build` artifact. Without a
 # python3.13 that runs (a pyenv shim for an unselected version does not), they say so and use this interpreter.

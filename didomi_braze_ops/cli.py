@@ -7,6 +7,7 @@
   replay --stack NAME                  what sits in the dead-letter queue, by category and reason
   replay --stack NAME --category C     a dry run: what replaying those messages would send now
   replay ... --move                    move the chosen messages back to the retry queue
+  backfill --stack NAME                bring the users Didomi has into Braze (--dry-run first; --resume, --follow)
 
 The commands that read a deployed stack find its resources from its CloudFormation outputs, with your AWS
 credentials (as the AWS CLI finds them). Every error is one line on stderr and exit 2, never a traceback.
@@ -23,7 +24,7 @@ from pathlib import Path
 from didomi_braze.domain.connector import USER_IDENTIFIERS
 from didomi_braze.domain.errors import ConfigurationError, InvalidWebhook
 
-from . import connector
+from . import backfill, connector
 from .aws import Aws, OperatorError, stack_outputs
 from .replay import replay
 from .trace import trace
@@ -104,6 +105,19 @@ def _parser() -> argparse.ArgumentParser:
             time.time(),
         )
     )
+
+    fill = commands.add_parser("backfill", help="bring the users Didomi already has into Braze, through the retry queue")
+    fill.add_argument("--stack", required=True, help="the deployed stack's name")
+    fill.add_argument("--file", type=Path, help="read Didomi user objects from this JSON-lines file instead of Didomi's API")
+    fill.add_argument("--didomi-secret-id", help="a secret of yours holding the Didomi API key (default: the stack's)")
+    fill.add_argument("--regulation", help="whose consents to read (default gdpr, or the connector's only regulation)")
+    fill.add_argument("--dry-run", action="store_true", help="read and map users, show the Braze requests; queue nothing")
+    fill.add_argument("--limit", type=int, help="read at most this many users (a run resumes after them)")
+    fill.add_argument("--show", type=int, default=5, help="with --dry-run: how many Braze requests to show (default 5)")
+    fill.add_argument("--resume", metavar="RUN_ID", help="continue this run from its checkpoint")
+    fill.add_argument("--follow", action="store_true", help="show the run's progress until every change is settled")
+    _region(fill)
+    fill.set_defaults(run=lambda args, aws: backfill.command(args, aws, sys.stdout))
     return parser
 
 

@@ -162,7 +162,7 @@ def judge(parked: list[Parked], state: StateStore, config: ConnectorConfig, ref,
         merged = merge(record.inputs, newest([change.inputs for change in user.changes]))
         lease = record.lease_until if record.leased_at(now) else None
         who, ids = ref(user.identity.key), tuple(user.tags)
-        if not merged.newer and not merged.seen and not user.owed:
+        if not merged.newer and not user.seen_again(record.inputs) and not user.owed:
             why = "superseded: Braze already has newer values for every consent these messages set"
             verdicts.append(Verdict(who, ids, None, why, lease))
             continue

@@ -21,6 +21,7 @@ and is never loosened to make a test pass. What it checks, with the documentatio
 - Routes outside `/consents` (`/sessions` included) and `$include_full_tree=true` reads are limited to "100 requests
   every 15 seconds per organization" (429).
 - Faults on demand: 401, 429, 5xx, or a hang after the change was applied (the answer is lost, the change is not).
+  Didomi documents no header on a 429; `retry_after` adds HTTP's standard `Retry-After` to the 429 fault.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ class DidomiOrganization:
         self.clock = clock
         self.page_size = page_size
         self.hang_seconds = hang_seconds
+        # Didomi documents no header on a 429; set this to send HTTP's standard Retry-After with the 429 fault.
+        self.retry_after: int | None = None
         self.requests: list[ReceivedRequest] = []
         self.events: dict[str, dict] = {}
         self.users: dict[str, dict] = {}  # Didomi user id -> ConsentUser
@@ -145,11 +148,23 @@ class DidomiOrganization:
                     return self._view(user, regulation)
         return None
 
-    def add_user(self, organization_user_id: str, consents: dict, regulation: str = "gdpr") -> dict:
-        """A user as if it had been collected by Didomi before (no event, no notification)."""
+    def add_user(
+        self,
+        organization_user_id: str,
+        consents: dict,
+        regulation: str = "gdpr",
+        version: int | None = None,
+        updated_at: str | None = None,
+    ) -> dict:
+        """A user as if it had been collected by Didomi before (no event, no notification); `version` and
+        `updated_at` as Didomi would hold them for a user changed since (default: just created, version 0)."""
         with self._lock:
             user = self._new_user(organization_user_id)
             user["_consents"][regulation] = copy.deepcopy(consents)
+            if version is not None:
+                user["version"] = version
+            if updated_at is not None:
+                user["updated_at"] = updated_at
             return self._view(user, regulation)
 
     def drain_notifications(self) -> list[dict]:
@@ -181,7 +196,10 @@ class DidomiOrganization:
         fault = self._next_fault(request.path)
         request.fault = fault
         if fault == "429":
-            return _error(429, "TooManyRequests", "Too many requests")
+            answer = _error(429, "TooManyRequests", "Too many requests")
+            if self.retry_after is not None:
+                answer.headers["Retry-After"] = str(self.retry_after)
+            return answer
         if fault in ("500", "502", "503"):
             return _error(int(fault), "GeneralError", "Internal server error")
         if request.path == "/v1/sessions":

@@ -86,6 +86,9 @@ class LocalStack:
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.moto.start()
         host, port = self.moto.get_host_and_port()
+        # A moto server thread serves the process's own backends: start from nothing, whatever an earlier local stack
+        # (or an operator test's deployed stack) of this process left there.
+        urllib3.request("POST", f"http://{host}:{port}/moto-api/reset", timeout=10)
         self._set_env(
             {
                 "AWS_ENDPOINT_URL": f"http://{host}:{port}",

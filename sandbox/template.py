@@ -34,8 +34,8 @@ def _intrinsic(loader: _CfnLoader, suffix: str, node: yaml.Node) -> dict:
         value = loader.construct_sequence(node, deep=True)
     else:
         value = loader.construct_mapping(node, deep=True)
-    if suffix == "Ref":
-        return {"Ref": value}
+    if suffix in ("Ref", "Condition"):
+        return {suffix: value}
     if suffix == "GetAtt" and isinstance(value, str):
         value = value.split(".", 1)
     return {f"Fn::{suffix}": value}
@@ -106,6 +106,10 @@ class Stack:
                 return self.resolve(arg[0]) == self.resolve(arg[1])
             if name == "Fn::Not":
                 return not self.resolve(arg[0])
+            if name == "Fn::Or":
+                return any(self.resolve(a) for a in arg)
+            if name == "Condition":
+                return self.condition(arg)
             if name == "Fn::Sub":
                 return re.sub(r"\$\{([^}]+)\}", lambda m: str(self._sub(m.group(1))), arg)
             if name == "Fn::Join":

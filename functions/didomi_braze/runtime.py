@@ -26,6 +26,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 
+from .adapters.backfill_runs import BackfillRunTable
 from .adapters.braze_client import BrazeClient
 from .adapters.queues import Queues
 from .adapters.secrets import ConnectorSource, SecretStore, WebhookTokens
@@ -108,6 +109,7 @@ def _built(overlay: tuple[tuple[str, str], ...] | None) -> Dependencies:
         ),
         schedule=RetrySchedule.parse(env.get("RETRY_DELAYS_SECONDS")),
         webhook_lease_seconds=math.ceil(braze_seconds) + LEASE_MARGIN_SECONDS,
+        backfill_runs=BackfillRunTable(dynamodb, env.get("STATE_TABLE_NAME") or ""),
     )
     env.raise_problems()
     return deps

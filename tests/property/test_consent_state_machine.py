@@ -32,6 +32,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from didomi_braze.domain.braze import RateWindow
 from didomi_braze.domain.connector import parse_connector_document
 from didomi_braze.domain.mapping import EMAIL_FIELD, desired, group_field
 from didomi_braze.observability import logger, metrics_to
@@ -193,6 +194,12 @@ class ConsentDelivery(RuleBasedStateMachine):
         except Died:
             pass
         self._disarm()
+
+    @rule(seconds=st.sampled_from((2, 20)))
+    def another_integration_spends_braze_s_window(self, seconds):
+        """The webhook hands events to the batched worker until the reset: one batch may then hold several changes
+        of one user, a redelivery among them."""
+        self.deps.delivery.gauge.window = RateWindow(1000, 0, self.clock() + seconds)
 
     @rule(seconds=st.sampled_from((1, 4, 9, 12, 31, 61, 125, 400)))
     def time_passes(self, seconds):

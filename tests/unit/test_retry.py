@@ -112,5 +112,20 @@ def test_a_batch_groups_by_user_keeping_every_change_and_what_failed_calls_owe()
     work = {w.identity.value: w for w in by_user(messages)}
     assert work["a"].tags == ["m1", "m3"] and len(work["a"].changes) == 2
     assert work["a"].owed == {"email_subscribe", "group:g"}
-    assert work["a"].accounted == {"consents_purposes_newsletter_enabled"}
-    assert work["b"].owed == set() and work["b"].accounted == set()  # judged by the merge, like a webhook
+    assert work["a"].judged == []  # both said what they owe
+    assert work["b"].owed == set() and len(work["b"].judged) == 1  # judged by the merge, like a webhook
+
+
+def test_a_change_stored_at_its_own_position_is_seen_again_even_beside_a_newer_change_of_the_same_input():
+    name = "consents_purposes_newsletter_enabled"
+    older, newer = Position("2026-05-04T12:00:00.000001Z", entity="ev-1"), Position("2026-05-04T12:00:00.000002Z", entity="ev-2")
+    user = BrazeIdentity("external_id", "customer-42")
+    died = Change(user, {name: StoredInput(False, older)}, "event.created:ev-1", "event.created")
+    again = Change(user, {name: StoredInput(False, newer)}, "event.created:ev-2", "event.created")
+    stored = {name: StoredInput(False, older)}  # the first delivery merged it, then died before Braze
+
+    judged = by_user([("m1", PendingChange(died, None, "", "t")), ("m2", PendingChange(again, None, "", "t"))])[0]
+    assert judged.seen_again(stored) == {name}
+    owing = by_user([("m1", PendingChange(died, ("email_subscribe",), "", "t")), ("m2", PendingChange(again, None, "", "t"))])[0]
+    assert owing.seen_again(stored) == set() and owing.owed == {"email_subscribe"}  # what it owes is said already
+    assert judged.seen_again({name: StoredInput(False, Position("2026-05-04T12:00:00.000003Z", entity="ev-3"))}) == set()

@@ -119,26 +119,34 @@ class DidomiClient:
         cursor: str | None = None
         seen: set[str] = set()
         while True:
-            query = {"organization_user_id": organization_user_id} if organization_user_id is not None else {}
-            if regulation is not None:
-                query["regulation"] = regulation
-            if cursor is not None:
-                query["$cursor"] = cursor
-            answer = self._call("GET", USERS_PATH, query, None)
-            if not answer.succeeded:
-                raise DidomiUnavailable(answer)
-            try:
-                page, cursor = users_page(answer.data)
-            except ValueError as exc:
-                raise DidomiUnavailable(
-                    DidomiAnswer(RETRYABLE, f"didomi answered an unreadable page of users: {exc}", answer.status)
-                ) from None
+            page, following = self.user_page(cursor, regulation, organization_user_id)
             yield from page
-            if cursor is None:
+            if following is None:
                 return
-            if cursor in seen:
-                raise DidomiUnavailable(DidomiAnswer(RETRYABLE, "didomi answered the same cursor twice", answer.status))
-            seen.add(cursor)
+            if following in seen:
+                raise DidomiUnavailable(DidomiAnswer(RETRYABLE, "didomi answered the same cursor twice", 200))
+            seen.add(following)
+            cursor = following
+
+    def user_page(
+        self, cursor: str | None = None, regulation: str | None = None, organization_user_id: str | None = None
+    ) -> tuple[list[dict], str | None]:
+        """One page of consent users (Didomi's pages hold 100) from `cursor` (None: the first), and the next page's
+        cursor (None: this was the last). Raises DidomiUnavailable with Didomi's answer."""
+        query = {"organization_user_id": organization_user_id} if organization_user_id is not None else {}
+        if regulation is not None:
+            query["regulation"] = regulation
+        if cursor is not None:
+            query["$cursor"] = cursor
+        answer = self._call("GET", USERS_PATH, query, None)
+        if not answer.succeeded:
+            raise DidomiUnavailable(answer)
+        try:
+            return users_page(answer.data)
+        except ValueError as exc:
+            raise DidomiUnavailable(
+                DidomiAnswer(RETRYABLE, f"didomi answered an unreadable page of users: {exc}", answer.status)
+            ) from None
 
     # -- calls -----------------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, query: dict[str, str], body: bytes | None, creating: bool = False) -> DidomiAnswer:

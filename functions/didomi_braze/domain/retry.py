@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from .errors import MalformedRetryMessage
 from .mapping import BrazeIdentity, Change
-from .ordering import Position, StoredInput
+from .ordering import MergedState, Position, StoredInput, merge
 
 MESSAGE_VERSION = 2
 IDENTITY_KINDS = ("external_id", "email")
@@ -33,9 +33,11 @@ class PendingChange:
     failures: int = 0  # failed Braze calls before this copy of the message was sent
     calls: int = 0  # Braze calls before this copy of the message was sent
     first_failure_at: str | None = None
+    run: str | None = None  # the backfill run that queued it (README "Backfill"); the worker counts its outcome
 
     def to_json(self) -> str:
         change = self.change
+        run = {"run": self.run} if self.run is not None else {}
         return json.dumps(
             {
                 "version": MESSAGE_VERSION,
@@ -49,6 +51,7 @@ class PendingChange:
                 "failures": self.failures,
                 "calls": self.calls,
                 "first_failure_at": self.first_failure_at,
+                **run,
             },
             separators=(",", ":"),
         )
@@ -73,6 +76,7 @@ class PendingChange:
                 failures=_count(raw.get("failures", 0)),
                 calls=_count(raw.get("calls", 0)),
                 first_failure_at=raw.get("first_failure_at"),
+                run=str(raw["run"]) if raw.get("run") is not None else None,
             )
         except MalformedRetryMessage:
             raise
@@ -85,8 +89,9 @@ class PendingChange:
         return pending
 
     def ready_to_replay(self) -> PendingChange:
-        """The body a parked message keeps: moved back to the retry queue, it starts a fresh schedule."""
-        return replace(self, failures=0, calls=0, first_failure_at=None)
+        """The body a parked message keeps: moved back to the retry queue, it starts a fresh schedule (and no longer
+        counts for its backfill run, which counted it parked)."""
+        return replace(self, failures=0, calls=0, first_failure_at=None, run=None)
 
 
 def _bool(value: object) -> bool:
@@ -106,21 +111,27 @@ class UserWork:
     """Everything one invocation delivers for one Braze user: the changes to merge and the fields owed.
 
     A change found already merged at its own position was seen before and may never have reached Braze, so its
-    fields are sent again, unless a failed call already said what it owes (`accounted`)."""
+    fields are sent again, unless a failed call already said what it owes. This is judged change by change: in a
+    batch, a newer change of the same value must not hide the redelivery of an older one (`seen_again`)."""
 
     identity: BrazeIdentity
     changes: list[Change] = field(default_factory=list)
     owed: set[str] = field(default_factory=set)
-    accounted: set[str] = field(default_factory=set)  # inputs whose undelivered fields are in `owed`
+    judged: list[Change] = field(default_factory=list)  # changes no failed call said what they owe: the merge says
     tags: list[str] = field(default_factory=list)  # who asked (message ids), in order
 
     def add(self, change: Change, owed: tuple[str, ...] | None = None, tag: str | None = None) -> None:
         self.changes.append(change)
         if owed is not None:
             self.owed.update(owed)
-            self.accounted.update(change.inputs)
+        else:
+            self.judged.append(change)
         if tag is not None:
             self.tags.append(tag)
+
+    def seen_again(self, stored: MergedState) -> frozenset[str]:
+        """The inputs whose delivery may rest on one of these changes (ordering.Merge.seen), change by change."""
+        return frozenset().union(*(merge(stored, change.inputs).seen for change in self.judged))
 
     @property
     def event(self) -> str:

@@ -177,7 +177,7 @@ class Delivery:
                         return Outcome(BUSY, "another update for this user is being delivered", retry_at=current.lease_until)
                     return self._merge_beside(user, config, carried, current, now)
                 exact = merge(current.inputs, carried)
-                if not exact.newer and not exact.seen and not user.owed:
+                if not exact.newer and not user.seen_again(current.inputs) and not user.owed:
                     return _skip("superseded", "Braze already has newer values for every consent this event sets")
                 result = self.state.claim(key, exact.newer, owner, user.event, now, lease_until, AtRevision(current.revision))
         except StateUnavailable as exc:
@@ -229,7 +229,7 @@ class Delivery:
         old = desired(values_of(before.inputs), config)
         new = desired(values_of(merged.state), config)
         changed = {name for name, value in new.items() if old.get(name) != value}
-        redelivered = fields_reading(merged.seen - user.accounted, config)
+        redelivered = fields_reading(user.seen_again(before.inputs), config)
         return {name for name in changed | redelivered | user.owed if name in new}
 
     @staticmethod

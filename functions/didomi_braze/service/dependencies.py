@@ -14,6 +14,7 @@ from ..observability import user_ref
 if TYPE_CHECKING:
     from ..adapters.secrets import ConnectorSource, WebhookTokens
     from ..domain.access import AccessPolicy
+    from ..domain.backfill import BackfillRuns
     from ..domain.connector import ConnectorConfig
     from ..domain.ports import RetryQueue
     from ..domain.schedule import RetrySchedule
@@ -30,6 +31,7 @@ class Dependencies:
     schedule: RetrySchedule
     webhook_lease_seconds: float  # the webhook's lease: its one Braze call and a margin
     clock: Callable[[], float] = field(default=lambda: time.time())  # looked up per call: tests move the clock
+    backfill_runs: BackfillRuns | None = None  # the worker counts each backfill run's settled messages
     rng: random.Random = field(default_factory=random.Random)  # jitter; seeded where a run must repeat
 
     def connector(self, force: bool = False) -> ConnectorConfig:

@@ -16,6 +16,7 @@ A message whose fate cannot be recorded is reported as a failure: it comes back,
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -59,6 +60,7 @@ class _Batch:
         self.pending: dict[str, PendingChange] = {}
         self.failures: list[str] = []
         self.counts = {"DeliveredAfterRetry": 0, "RetriesScheduled": 0, "RetriesDeferred": 0}  # emitted once per batch
+        self.run_counts: dict[str, Counter] = {}  # backfill runs: applied / skipped / parked
 
     def run(self, deadline: float) -> None:
         for record in self.records.values():
@@ -101,6 +103,8 @@ class _Batch:
                 self.requeue(
                     message_id, "the state table did not record what this delivery left unsent", 1, before, calls, still_owed
                 )
+            else:
+                self._count_run(message_id, "applied" if outcome.kind == DELIVERED else "skipped")
             return
         if outcome.kind == PERMANENT:
             self.park(message_id, outcome, outcome.reason, "braze_rejected", calls)
@@ -205,6 +209,7 @@ class _Batch:
             self.failures.append(message_id)
             return
         count_by("EventsDeadLettered", "reason", category)
+        self._count_run(message_id, "parked")
         logger.error(
             "event dead-lettered",
             extra={
@@ -231,10 +236,22 @@ class _Batch:
     def _first_failure_at(self, message_id: str) -> str:
         return iso_utc(self._first_failure(message_id))
 
+    def _count_run(self, message_id: str, outcome: str) -> None:
+        """A backfill run's message is settled for good (a copy sent on waits and counts when it settles)."""
+        pending = self.pending.get(message_id)
+        if pending is not None and pending.run is not None:
+            self.run_counts.setdefault(pending.run, Counter())[outcome] += 1
+
     def flush_counts(self) -> None:
         for name, value in self.counts.items():
             if value:
                 count(name, value)
+        runs = self.deps.backfill_runs
+        for run, counts in self.run_counts.items() if runs is not None else ():
+            try:
+                runs.add_settled(run, dict(counts))
+            except Exception as exc:  # progress only: the messages themselves are settled
+                logger.warning("could not count a backfill run's settled messages", extra={"run": run, "problem": str(exc)})
 
     def _log(self, message_id: str) -> dict:
         out: dict = {"message_id": message_id, "receive": self.records[message_id].receive_count}
