@@ -183,21 +183,20 @@ class SimStateStore(MemoryStateStore):
         self.loop, self.latency = loop, latency
         self.calls = 0
 
-    def claim(self, *args, **kwargs):
+    def _round_trip(self, call, *args, **kwargs):
+        """A write that lands halfway through its round trip: what another invocation reads meanwhile is before it."""
         self.calls += 1
         self.loop.sleep(self.latency / 2)
         try:
-            return super().claim(*args, **kwargs)
+            return call(*args, **kwargs)
         finally:
             self.loop.sleep(self.latency / 2)
 
+    def claim(self, *args, **kwargs):
+        return self._round_trip(super().claim, *args, **kwargs)
+
     def release(self, *args, **kwargs):
-        self.calls += 1
-        self.loop.sleep(self.latency / 2)
-        try:
-            return super().release(*args, **kwargs)
-        finally:
-            self.loop.sleep(self.latency / 2)
+        return self._round_trip(super().release, *args, **kwargs)
 
     def read(self, key):
         self.calls += 1
