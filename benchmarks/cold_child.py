@@ -53,11 +53,11 @@ def baseline_run(event: dict) -> tuple[tuple[float, float], int]:
     # The same state-table request the handler makes (the same expression, so the same server-side work).
     from didomi_braze.adapters.state_table import StateTable
     from didomi_braze.domain.ordering import Position, StoredInput
-    from didomi_braze.domain.ports import NotNewerThan
+    from didomi_braze.domain.ports import StoredOlder
 
     table, key, now = StateTable(dynamodb, os.environ["STATE_TABLE_NAME"]), f"baseline-{user}", time.time()
     inputs = {"consents_purposes_newsletter_enabled": StoredInput(newsletter, Position(entity["created_at"], None, entity["id"]))}
-    table.claim(key, inputs, "baseline", entity["id"], now, now + 10, NotNewerThan())
+    table.claim(key, inputs, "baseline", entity["id"], now, now + 10, StoredOlder())
     attributes = {
         "external_id": user,
         "_update_existing_only": True,

@@ -41,7 +41,7 @@ def main(events: int, warmup: int = 20) -> dict:
     boto3._get_default_session().events.register("before-call", count_call)  # before the handler builds its clients
     from didomi_braze.adapters.state_table import StateTable
     from didomi_braze.domain.ordering import Position, StoredInput
-    from didomi_braze.domain.ports import NotNewerThan
+    from didomi_braze.domain.ports import StoredOlder
     from didomi_braze.handlers.webhook import handler
 
     doc = json.loads(boto3.client("secretsmanager").get_secret_value(SecretId=os.environ["CONNECTOR_SECRET_ID"])["SecretString"])
@@ -59,7 +59,7 @@ def main(events: int, warmup: int = 20) -> dict:
 
     def same_calls() -> None:
         now = time.time()
-        state.claim(uuid.uuid4().hex, inputs, "baseline", "e", now, now + 10, NotNewerThan())
+        state.claim(uuid.uuid4().hex, inputs, "baseline", "e", now, now + 10, StoredOlder())
         http.request("POST", doc["authentication"]["server"] + "/users/track", body=body, headers=headers)
 
     samples: dict[str, list[float]] = defaultdict(list)

@@ -18,8 +18,8 @@ from didomi_braze.domain.access import AccessPolicy
 from didomi_braze.domain.braze import TRACK_PATH, BrazeOutcome, classify_response, track_body, transport_failure
 from didomi_braze.domain.connector import ConnectorConfig
 from didomi_braze.domain.errors import StateUnavailable
-from didomi_braze.domain.ordering import StoredInput, quietly, stored_not_newer
-from didomi_braze.domain.ports import AtRevision, Claimed, DeadLetter, NotNewerThan, Refused, UserRecord
+from didomi_braze.domain.ordering import StoredInput, quietly, stored_older
+from didomi_braze.domain.ports import AtRevision, Claimed, DeadLetter, Refused, StoredOlder, UserRecord
 from didomi_braze.domain.schedule import RetrySchedule
 from didomi_braze.service.delivery import LEASE_MARGIN_SECONDS, Delivery
 from didomi_braze.service.dependencies import Dependencies
@@ -58,7 +58,7 @@ class MemoryStateStore:
         event: str,
         now: float,
         lease_until: float,
-        expect: NotNewerThan | AtRevision,
+        expect: StoredOlder | AtRevision,
     ) -> Claimed | Refused:
         if self.fail("claim"):
             raise StateUnavailable("ProvisionedThroughputExceededException: injected")
@@ -68,8 +68,8 @@ class MemoryStateStore:
         ok = True
         if owner is not None and current.lease_owner is not None and not current.lease_until < now:
             ok = False
-        if isinstance(expect, NotNewerThan):
-            ok = ok and all(stored_not_newer(current.inputs.get(n), s.position) for n, s in inputs.items())
+        if isinstance(expect, StoredOlder):
+            ok = ok and all(stored_older(current.inputs.get(n), s.position) for n, s in inputs.items())
         elif current.revision != expect.revision:
             ok = False
         if not ok:

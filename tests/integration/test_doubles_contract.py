@@ -21,7 +21,7 @@ from didomi_braze.adapters.state_table import StateTable
 from didomi_braze.domain.braze import attributes_object
 from didomi_braze.domain.mapping import BrazeIdentity
 from didomi_braze.domain.ordering import Position, StoredInput
-from didomi_braze.domain.ports import AtRevision, Claimed, DeadLetter, NotNewerThan
+from didomi_braze.domain.ports import AtRevision, Claimed, DeadLetter, StoredOlder
 from sandbox.braze_emulator import BrazeEmulator, BrazeWorkspace
 from sandbox.memory import Clock, MemoryBraze, MemoryQueues, MemoryStateStore
 from sandbox.template import provision
@@ -45,7 +45,7 @@ operation = st.one_of(
         st.dictionaries(st.sampled_from(["a", "b"]), st.tuples(st.booleans(), st.sampled_from(POSITIONS), st.booleans())),
         st.sampled_from([None, "o1", "o2"]),
         st.integers(0, 40),  # now, seconds after NOW
-        st.one_of(st.just(None), st.integers(0, 4)),  # None: NotNewerThan; n: AtRevision(n)
+        st.one_of(st.just(None), st.integers(0, 4)),  # None: StoredOlder; n: AtRevision(n)
     ),
     st.tuples(st.just("release"), st.sampled_from(["k1", "k2"]), st.sampled_from(["o1", "o2"]), st.booleans()),
 )
@@ -70,7 +70,7 @@ def _apply(store, op):
         return store.release(key, owner, ("a",) if quiet else ())
     _, key, inputs, owner, seconds, revision = op
     carried = {n: StoredInput(v, p, q) for n, (v, p, q) in inputs.items()}
-    expect = NotNewerThan() if revision is None else AtRevision(revision)
+    expect = StoredOlder() if revision is None else AtRevision(revision)
     now = NOW + seconds
     result = store.claim(key, carried, owner, "event", now, now + 10, expect)
     return type(result).__name__, _normal(result.before if isinstance(result, Claimed) else result.current)
@@ -85,7 +85,7 @@ def test_a_record_of_many_inputs_is_merged_on_its_revision_when_one_condition_ca
         stack, _, dynamodb = _stack()
         real = StateTable(dynamodb, stack.table_names["StateTable"])
         inputs = {f"consents_purposes_purpose_number_{i:03d}_enabled": StoredInput(True, POSITIONS[-1]) for i in range(40)}
-        refused = real.claim("k", inputs, "o", "e", NOW, NOW + 10, NotNewerThan())
+        refused = real.claim("k", inputs, "o", "e", NOW, NOW + 10, StoredOlder())
         assert not isinstance(refused, Claimed) and refused.current.revision == 0  # read, not written
         claimed = real.claim("k", inputs, "o", "e", NOW, NOW + 10, AtRevision(refused.current.revision))
         assert isinstance(claimed, Claimed) and len(real.read("k").inputs) == 40

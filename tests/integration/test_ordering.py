@@ -15,7 +15,7 @@ from freezegun import freeze_time
 from didomi_braze.domain.connector import parse_connector_document
 from didomi_braze.domain.didomi import parse_webhook
 from didomi_braze.domain.mapping import plan
-from didomi_braze.domain.ports import NotNewerThan
+from didomi_braze.domain.ports import StoredOlder
 from tests.integration.conftest import call_webhook
 from tests.samples import connector_document, http_event
 
@@ -101,7 +101,7 @@ def _die_after_the_claim(event, config, aws):
     change = plan(parse_webhook(json.loads(event["body"])), config)
     state = runtime.dependencies().delivery.state
     now = datetime.now(UTC).timestamp()
-    state.claim(change.identity.state_key, change.inputs, "dead-invocation", change.event_id, now, now + 30, NotNewerThan())
+    state.claim(change.identity.state_key, change.inputs, "dead-invocation", change.event_id, now, now + 30, StoredOlder())
 
 
 # -- 1. never acknowledge an undelivered event -------------------------------------------------------------------

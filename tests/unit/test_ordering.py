@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from didomi_braze.domain.ordering import Position, StoredInput, merge, newest, quietly, stored_not_newer
+from didomi_braze.domain.ordering import Position, StoredInput, merge, newest, quietly, stored_older
 
 T1, T2, T3 = "2026-05-01T00:00:00.000000Z", "2026-05-02T00:00:00.000000Z", "2026-05-03T00:00:00.000000Z"
 
@@ -88,7 +88,7 @@ def test_newest_combines_changes_of_one_user_input_by_input():
     [
         (None, event(T1), True),
         (event(T1), event(T2), True),
-        (event(T2), event(T2), True),  # the same change again
+        (event(T2), event(T2), False),  # the same change again: merged exactly, its quiet mark kept
         (event(T2), event(T1), False),
         (user(T1, 5), user(T2, 6), True),
         (user(T2, 5), user(T1, 6), False),  # a false alarm: the exact merge then takes v6
@@ -97,8 +97,8 @@ def test_newest_combines_changes_of_one_user_input_by_input():
         (event(T1), user(T2, 1), True),
     ],
 )
-def test_the_state_table_check_never_lets_an_older_fact_through(current, incoming, expected):
+def test_the_state_table_check_never_lets_an_older_fact_or_the_same_fact_again_through(current, incoming, expected):
     held = stored(True, current) if current else None
-    assert stored_not_newer(held, incoming) is expected
+    assert stored_older(held, incoming) is expected
     if expected and held is not None:
-        assert not held.position.is_newer_than(incoming)  # whatever the check lets through, the exact rule allows
+        assert incoming.is_newer_than(held.position)  # whatever the check lets through, the exact rule calls newer

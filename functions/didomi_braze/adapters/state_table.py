@@ -15,7 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..domain.errors import StateUnavailable
 from ..domain.ordering import Position, StoredInput
-from ..domain.ports import AtRevision, Claimed, NotNewerThan, Refused, UserRecord
+from ..domain.ports import AtRevision, Claimed, Refused, StoredOlder, UserRecord
 
 TTL_SECONDS = 400 * 24 * 3600  # a user silent for over a year loses its merged state (see README)
 INPUT_PREFIX = "in:"
@@ -35,7 +35,7 @@ class StateTable:
         event: str,
         now: float,
         lease_until: float,
-        expect: NotNewerThan | AtRevision,
+        expect: StoredOlder | AtRevision,
     ) -> Claimed | Refused:
         names: dict[str, str] = {}
         values: dict[str, dict] = {
@@ -54,7 +54,7 @@ class StateTable:
             names[f"#i{i}"] = INPUT_PREFIX + name
             values[f":i{i}"] = {"M": _input_item(stored)}
             sets.append(f"#i{i} = :i{i}")
-            if isinstance(expect, NotNewerThan):
+            if isinstance(expect, StoredOlder):
                 conditions.append(_not_newer(i, stored.position, values))
         if isinstance(expect, AtRevision):
             if expect.revision:
@@ -63,7 +63,7 @@ class StateTable:
             else:
                 conditions.append("attribute_not_exists(revision)")
         condition = " AND ".join(conditions)
-        if len(condition) > MAX_CONDITION_LENGTH and isinstance(expect, NotNewerThan):
+        if len(condition) > MAX_CONDITION_LENGTH and isinstance(expect, StoredOlder):
             # Too many inputs to check in one expression: read, and merge on the revision read.
             return Refused(self.read(key) or UserRecord())
         request = {
@@ -121,9 +121,9 @@ class StateTable:
 
 
 def _not_newer(i: int, position: Position, values: dict) -> str:
-    """The state table's half of `ordering.stored_not_newer`, for input number i."""
+    """The state table's half of `ordering.stored_older`, for input number i."""
     values[f":p{i}"] = {"S": position.key}
-    clause = f"#i{i}.p <= :p{i}"
+    clause = f"#i{i}.p < :p{i}"
     if position.version is not None:
         values[f":n{i}"] = {"N": _number(position.version)}
         values[f":u{i}"] = {"S": position.entity}

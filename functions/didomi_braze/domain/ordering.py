@@ -113,13 +113,15 @@ def quietly(inputs: Mapping[str, StoredInput]) -> dict[str, StoredInput]:
     return {name: StoredInput(stored.value, stored.position, quiet=True) for name, stored in inputs.items()}
 
 
-def stored_not_newer(stored: StoredInput | None, incoming: Position) -> bool:
+def stored_older(stored: StoredInput | None, incoming: Position) -> bool:
     """The state table's own test, evaluated inside one conditional write (so it can only compare strings and
-    numbers): true when the stored input is certainly not newer than `incoming`. False may be a false alarm (the
-    version rule); the caller then merges exactly, as `merge` does, under a revision check."""
+    numbers): true when the stored input is certainly older than `incoming`, so that writing over it loses
+    nothing. False may be a false alarm (the version rule); the caller then merges exactly, as `merge` does, under a
+    revision check. The same change stored already is not older: written again, it would clear its `quiet` mark,
+    which still vouches for nothing (the exact merge leaves it as it is)."""
     if stored is None:
         return True
-    if stored.position.key > incoming.key:
+    if stored.position.key >= incoming.key:
         return False
     mine = stored.position
     if incoming.version is None or mine.version is None or mine.entity != incoming.entity:

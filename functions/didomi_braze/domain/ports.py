@@ -27,8 +27,8 @@ class UserRecord:
 
 
 @dataclass(frozen=True)
-class NotNewerThan:
-    """Claim only if no stored input is newer than the one written over it (judged as `stored_not_newer` does)."""
+class StoredOlder:
+    """Claim only if no stored input is newer than the one written over it (judged as `stored_older` does)."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class StateStore(Protocol):
         event: str,
         now: float,
         lease_until: float,
-        expect: NotNewerThan | AtRevision,
+        expect: StoredOlder | AtRevision,
     ) -> Claimed | Refused:
         """In one conditional write: take the user's lease (free, or run out before `now`), write `inputs`, count
         the revision up. With no `owner`, only merge: no lease is taken or checked. Raises StateUnavailable when the

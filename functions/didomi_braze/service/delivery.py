@@ -19,7 +19,7 @@ against it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -28,7 +28,7 @@ from ..domain.connector import ConnectorConfig
 from ..domain.errors import ConfigurationError, StateUnavailable
 from ..domain.mapping import desired, fields_reading, values_of
 from ..domain.ordering import Merge, merge, newest, quietly
-from ..domain.ports import AtRevision, BrazeApi, Claimed, NotNewerThan, StateStore, UserRecord
+from ..domain.ports import AtRevision, BrazeApi, Claimed, StateStore, StoredOlder, UserRecord
 from ..domain.ratelimit import RateGauge
 from ..domain.retry import UserWork
 from ..observability import count, logger
@@ -166,7 +166,7 @@ class Delivery:
         key, owner = user.identity.state_key, os.urandom(12).hex()
         carried = newest([change.inputs for change in user.changes])
         try:
-            result = self.state.claim(key, carried, owner, user.event, now, lease_until, NotNewerThan())
+            result = self.state.claim(key, carried, owner, user.event, now, lease_until, StoredOlder())
             for _ in range(CLAIM_ATTEMPTS):
                 if isinstance(result, Claimed):
                     lease = Lease(key, owner, lease_until)
@@ -195,7 +195,9 @@ class Delivery:
             exact = merge(current.inputs, carried)
             due = self.due(current, exact, user, config)
             if exact.newer:
-                written = exact.newer if due else quietly(exact.newer)
+                # Input by input, as a holder marks them: a fact whose fields are not all owed vouches for nothing.
+                quiet, _ = _left_unsent(exact.newer, due, desired(values_of(exact.state), config), config)
+                written = {**exact.newer, **quietly({name: exact.newer[name] for name in quiet})}
                 result = self.state.claim(
                     user.identity.state_key, written, None, user.event, now, now, AtRevision(current.revision)
                 )
@@ -213,14 +215,8 @@ class Delivery:
         after = desired(values_of(claim.merged.state), config)
         due = self.due(claim.before, claim.merged, claim.user, config)
         claim.send = {name: after[name] for name in sorted(due) if name in after}
-        unsent: set[str] = set()
-        quiet = []
-        for name in sorted(claim.merged.newer):
-            fields = {f for f in fields_reading({name}, config) if f in after and f not in claim.send}
-            if fields:
-                quiet.append(name)
-                unsent |= fields
-        claim.lease = replace(claim.lease, quiet=tuple(quiet), unsent=tuple(sorted(unsent)))
+        quiet, unsent = _left_unsent(claim.merged.newer, claim.send, after, config)
+        claim.lease = replace(claim.lease, quiet=quiet, unsent=unsent)
         return claim
 
     @staticmethod
@@ -305,6 +301,19 @@ class Delivery:
             called_braze=called,
             lease=claim.lease,
         )
+
+
+def _left_unsent(
+    newer: Collection[str], sent: Collection[str], after: dict[str, str], config: ConnectorConfig
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The newer inputs that drive a Braze field this delivery does not send (to be stored quiet), and those fields."""
+    quiet, unsent = [], set()
+    for name in sorted(newer):
+        fields = {f for f in fields_reading({name}, config) if f in after and f not in sent}
+        if fields:
+            quiet.append(name)
+            unsent |= fields
+    return tuple(quiet), tuple(sorted(unsent))
 
 
 def _skip(reason: str, detail: str, lease: Lease | None = None) -> Outcome:
