@@ -4,7 +4,7 @@ Didomi (tests/property/didomi_model.py) changes users' consents and sends all si
 partial, pending or confirmed, of other regulations; it delivers them in any order, twice, and again until it
 gets a 2xx. Meanwhile invocations die after any step (after the lease, after the Braze call, before queueing),
 DynamoDB writes and SQS calls fail, Braze answers 5xx, 429, 401, 400, rejects one object or applies an update
-and hangs, the clock jumps past leases and the worker polls.
+and hangs, the clock jumps past leases and the worker polls, and a user changes consent while the worker waits for Braze.
 
 Invariants:
 - Braze never receives a value older than one it may already have had: every object Braze receives is what the
@@ -194,6 +194,32 @@ class ConsentDelivery(RuleBasedStateMachine):
         except Died:
             pass
         self._disarm()
+
+    @precondition(lambda self: self.queues.retries.depth() > 0)
+    @rule(values=values_strategy, fault=st.sampled_from((None, "503", "hang")))
+    def a_user_changes_consent_while_the_worker_waits_for_braze(self, values, fault):
+        """Concurrency: while the worker holds a user's lease and waits for Braze's answer (which may then fail),
+        the same user changes consent again and the webhook is handled: it merges beside the lease."""
+        track = self.braze.track
+
+        def meanwhile(server, api_key, objects):
+            self.braze.track = track
+            user = objects[0].get("external_id")
+            if user in self.didomi.users:
+                sent = len(self.didomi.outbox)
+                self.didomi.consent(user, values, pending=False, regulation="gdpr")
+                for webhook in self.didomi.outbox[sent:]:
+                    self._deliver(webhook, None)
+            if fault is not None:
+                self.workspace.fail_next(fault)
+            return track(server, api_key, objects)
+
+        self.braze.track = meanwhile
+        try:
+            self.worker.poll()
+        finally:
+            self.braze.track = track
+            self._disarm()
 
     @rule(seconds=st.sampled_from((2, 20)))
     def another_integration_spends_braze_s_window(self, seconds):
