@@ -71,15 +71,15 @@ STEPS = (
     Step("event-created-cpra", "event.created under CPRA: customer-42 (only GDPR is configured)"),
     Step(
         "event-updated-confirmed",
-        "event.updated, pending -> confirmed: customer-9 opts in; Braze is down for two calls",
-        faults=("503", "503"),
+        "event.updated, pending -> confirmed: customer-9 opts in; Braze fails the webhook's try and the first retry",
+        faults=("503",) * 4,  # two tries, each request sent twice
         expect_status=202,
         settles=_queue_drained,
     ),
     Step(
         "event-created",
         "event.created: customer-42 opts in again; Braze stays down through every retry",
-        faults=("503",) * 6,
+        faults=("503",) * 12,  # six tries, each request sent twice
         expect_status=202,
         settles=_parked,
     ),
@@ -171,11 +171,13 @@ def _wait(done: Callable[[], bool], deadline: float) -> bool:
 
 
 def _retry_story(stack: LocalStack, calls: list) -> str:
-    retries = len(calls) - 1  # the first call was the webhook's own try
+    # A try that fails sends its request twice (a 5xx is sent again at once); the first try was the webhook's own.
+    failed_tries = sum(1 for call in calls if call.fault) // 2
     if calls and calls[-1].status == 201 and not calls[-1].fault:
-        return f"{retries - 1} failed, retry {retries} delivered it to Braze"
+        return f"{failed_tries - 1} failed, retry {failed_tries} delivered it to Braze ({len(calls)} requests)"
     dead = stack.dead_letters()
-    return f"all {retries} failed; parked in the dead-letter queue: {dead[-1].get('reason') if dead else '?'}"
+    reason = dead[-1].get("reason") if dead else "?"
+    return f"all {failed_tries - 1} failed ({len(calls)} requests); parked in the dead-letter queue: {reason}"
 
 
 def _sample_day_clock(started: float) -> float:

@@ -270,6 +270,7 @@ def memory_dependencies(
         objects_per_request=objects_per_request,
         braze_seconds=braze.timeout_seconds,
         concurrency=1,  # deterministic: the same example always runs the same way
+        pause=clock.advance,
     )
     return Dependencies(
         connector_source=connector,

@@ -289,6 +289,7 @@ class Simulation:
             objects_per_request=self.settings["objects_per_request"],
             braze_seconds=BRAZE_SECONDS,
             gauge=gauge,
+            pause=self.loop.sleep,
         )
         return Dependencies(
             connector_source=connector,

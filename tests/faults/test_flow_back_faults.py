@@ -37,7 +37,7 @@ def test_an_ingest_that_dies_after_merging_still_gives_braze_the_put_back_when_i
     flow back "puts the newer choice back". If the ingest invocation dies between its claim (which writes the Braze
     change into the merged state) and the Braze call, the message comes back: the change, found merged at its own
     position, is written and delivered again (both idempotent), so Braze does not keep the stale opt-in."""
-    world.braze.fail_next("503")
+    world.braze.fail_next("503", "503")  # the request and its quick second try
     assert world.in_didomi_webhook(didomi_body("event-created"))["status"] == "queued"  # newsletter granted (2026)
     world.clock.advance(5)
     world.in_braze(email="unsubscribed", source="Subscription Page")  # the user unsubscribes in Braze (2027)

@@ -27,7 +27,7 @@ def test_a_repeated_value_merged_beside_a_failing_holder_still_reaches_braze_thr
         def second_arrives_during_the_call(*args, **kwargs):
             if not answers:
                 answers.append(world.post(second.body))
-                world.workspace.fail_next("500")
+                world.workspace.fail_next("500", "500")  # the request and its quick second try
             return track(*args, **kwargs)
 
         world.deps.delivery.braze.track = second_arrives_during_the_call

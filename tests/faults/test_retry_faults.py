@@ -50,18 +50,18 @@ def test_attempts_counts_braze_calls_not_receives_that_found_the_state_table_unr
     world = World()
     try:
         times = _record_call_times(world)
-        world.workspace.fail_next("503")
+        world.workspace.fail_next("503", "503")
         world.didomi.consent("u0", {NEWSLETTER: False}, pending=False, regulation="gdpr")
-        assert world.post(world.didomi.outbox[0].body).body["status"] == "queued"  # Braze call 1
+        assert world.post(world.didomi.outbox[0].body).body["status"] == "queued"  # Braze calls 1 and 2 (sent again)
         world.clock.advance(31)
         world.faults.armed = "claim_fails"
         assert world.worker.poll() == 1  # the state table is unreachable: no Braze call
         world.faults.armed = None
         world.workspace.fail_next("400")
-        _run(world, 60)  # Braze call 2: rejected, parked
+        _run(world, 60)  # Braze call 3: rejected, parked
 
         [dead] = world.parked()
-        assert len(times) == 2
-        assert dead.attributes["attempts"] == "2", dead.attributes
+        assert len(times) == 3
+        assert dead.attributes["attempts"] == "3", dead.attributes
     finally:
         world.close()

@@ -58,6 +58,15 @@ class LocalAws:
         self.secrets.put_secret_value(SecretId=self.stack.secret_arns["ConnectorSecret"], SecretString=text)
 
 
+@pytest.fixture(autouse=True)
+def _no_real_pause_before_a_second_try(monkeypatch):
+    """The functions pause half a second before sending a 5xx'd request again; the clock these tests read is frozen
+    or moved by hand, so the real sleep would only slow them down (tests/faults/test_quick_retry.py times it)."""
+    from didomi_braze.service import delivery
+
+    monkeypatch.setattr(delivery, "QUICK_RETRY_PAUSE_SECONDS", 0.0)
+
+
 @pytest.fixture
 def braze():
     with BrazeEmulator(api_key=BRAZE_API_KEY, known_users=KNOWN_USERS, hang_seconds=1.0) as emulator:

@@ -369,7 +369,7 @@ def test_a_change_braze_rejects_is_parked_and_counted_parked_for_its_run(aws, br
 
 
 def test_a_retry_without_a_run_writes_no_run_item(aws, braze, worker):
-    braze.fail_next("503")
+    braze.fail_next("503", "503")  # the request and its second try
     assert call_webhook(event_for("customer-7"))[0] == 202  # Braze failed: the change waits on the retry queue
 
     with freeze_time(datetime.now(UTC)) as clock:

@@ -491,7 +491,7 @@ def test_a_stale_didomi_value_that_reached_braze_after_the_unsubscribe_is_put_ri
 def test_braze_failing_after_the_write_hands_its_update_to_the_retry_queue(world):
     _subscribed_in_didomi(world)
     world.in_braze(email="unsubscribed")
-    world.braze.fail_next("503")
+    world.braze.fail_next("503", "503")  # the request and its second try
     world.currents_arrive()
     assert len(world.written()) == 1 and world.ingest_queues.retries.depth() == 0
     [pending] = world.queues.retries.messages.values()

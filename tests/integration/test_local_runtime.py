@@ -37,7 +37,7 @@ def test_each_function_gets_its_own_environment_not_the_other_s(aws, braze, monk
     gateway = WebhookGateway(webhook, environment=_own(webhook)).start()
     poller = RetryQueuePoller(aws.sqs, aws.retry_queue, retry, REGION, wait_seconds=0, batching_window=0, environment=_own(retry))
     try:
-        braze.fail_next("503")
+        braze.fail_next("503", "503")  # the request and its second try
         calling[0] = "webhook"
         event = http_event("event-created")
         answer = urllib3.request(
@@ -82,17 +82,17 @@ def test_the_poller_holds_a_partial_batch_until_the_window_has_passed(aws, braze
         braze.add_user(f"external_id:{user}")
     with freeze_time(START) as clock:
         poller = RetryQueuePoller(aws.sqs, aws.retry_queue, retry, REGION, wait_seconds=0)
-        braze.fail_next("503", "503", "503")
+        braze.fail_next(*["503"] * 6)  # each webhook's request and its second try
         _queue(aws, users)
         clock.tick(30)  # the first delay: all three become visible
         assert poller.poll_once() == 0  # received and held: the batch is not full
         clock.tick(4.75)
         assert poller.poll_once() == 0
-        assert len(braze.track_requests()) == 3  # only the webhook's own tries so far
+        assert len(braze.track_requests()) == 6  # only the webhooks' own tries so far
         clock.tick(0.25)  # 5 s since the first message was received
         assert poller.poll_once() == 3
 
-    retries = braze.track_requests()[3:]
+    retries = braze.track_requests()[6:]
     assert [len(r.body["attributes"]) for r in retries] == [3]  # one request for the whole batch
     assert aws.messages(aws.retry_queue) == []
 
@@ -104,7 +104,7 @@ def test_a_full_batch_is_handed_over_at_once(aws, braze):
         braze.add_user(f"external_id:{user}")
     with freeze_time(START) as clock:
         poller = RetryQueuePoller(aws.sqs, aws.retry_queue, retry, REGION, wait_seconds=0)
-        braze.fail_next(*["503"] * 4)
+        braze.fail_next(*["503"] * 8)  # each webhook's request and its second try
         _queue(aws, users)
         clock.tick(30)
         assert poller.poll_once() == 4

@@ -21,7 +21,7 @@ def _park(aws, braze, worker):
     """customer-42's opt-in exhausts its retries; customer-7's update is rejected by Braze (400): two categories."""
     braze.add_user("external_id:customer-7")
     with freeze_time(START) as clock:
-        braze.fail_next(*["503"] * 6)
+        braze.fail_next(*["503"] * 12)  # six tries, each request sent twice
         assert call_webhook(http_event("event-created"))[0] == 202
         for _ in range(330):
             clock.tick(1)

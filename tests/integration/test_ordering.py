@@ -146,7 +146,7 @@ def test_a_change_whose_first_delivery_died_reaches_braze_even_after_its_twin_we
 # -- 2. an older value never wins after a lost write -------------------------------------------------------------
 def test_a_queued_opt_in_never_overwrites_a_later_opt_out_even_when_every_later_state_write_is_lost(aws, braze, worker):
     with freeze_time(NOW) as clock:
-        braze.fail_next("503")
+        braze.fail_next("503", "503")  # the request and its second try
         assert call_webhook(consent_event(0, newsletter=True, marketing=True))[0] == 202  # 12:00 opt-in waits
         clock.tick(LEASE_SECONDS + 1)
         # From here on, every write after a Braze call is lost (throttling): only the claims before one go through.
@@ -174,12 +174,12 @@ def test_when_the_state_table_is_unavailable_the_webhook_answers_503_and_applies
 
 def test_when_the_state_table_is_unavailable_the_worker_counts_a_failed_retry_and_applies_nothing(aws, braze, worker):
     with freeze_time(NOW) as clock:
-        braze.fail_next("503")
+        braze.fail_next("503", "503")  # the request and its second try
         call_webhook(consent_event(0, newsletter=True))
         restore = fail_state_writes(_table_client())
         try:
             drain(clock, worker, 40)  # retry 1 at 30 s: the table is down, nothing is sent
-            assert len(braze.track_requests()) == 1
+            assert len(braze.track_requests()) == 2
         finally:
             restore()
         drain(clock, worker, 60)  # retry 2 at 75 s: the table is back
@@ -218,7 +218,7 @@ def test_an_opt_in_is_not_downgraded_by_an_unrelated_later_event(aws, braze):
 def test_a_newer_event_about_another_input_does_not_discard_an_older_waiting_change(aws, braze, worker):
     offers = http_event("event-created")  # 12:00: newsletter and sales offers
     with freeze_time(NOW) as clock:
-        braze.fail_next("503")
+        braze.fail_next("503", "503")  # the request and its second try
         call_webhook(offers)
         clock.tick(LEASE_SECONDS + 1)
         call_webhook(consent_event(30, newsletter=False))  # 12:30: newsletter withdrawn

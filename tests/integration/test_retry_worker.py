@@ -54,10 +54,11 @@ def test_an_event_that_always_fails_is_retried_exactly_five_times_on_schedule_th
         calls = run(clock, worker, 400)
 
     assert on_schedule(calls, SCHEDULE), calls
-    assert len(braze.track_requests()) == 6  # the webhook's own try, then five retries
+    # The webhook's own try, then five retries; each try sends its request twice (a 5xx is sent again at once).
+    assert len(braze.track_requests()) == 12
     [dead] = parked(aws)
     assert dead["reason"].startswith("retries exhausted after 5 retries; last: braze server error (503)")
-    assert dead["attempts"] == "6" and dead["last_braze_status"] == "503" and dead["category"] == "retries_exhausted"
+    assert dead["attempts"] == "12" and dead["last_braze_status"] == "503" and dead["category"] == "retries_exhausted"
     assert dead["first_failure_at"] == START.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
     assert dead["body"]["owed"] == ["email_subscribe", "group:3f1c9a52-7d4e-4b8a-9c61-2e5f0a7b8d13"]
     assert (dead["body"]["failures"], dead["body"]["calls"]) == (0, 0)  # a replay starts a fresh schedule
@@ -67,7 +68,7 @@ def test_an_event_that_always_fails_is_retried_exactly_five_times_on_schedule_th
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
 def test_an_event_that_succeeds_on_retry_k_stops_there(aws, braze, worker, k):
     with freeze_time(START) as clock:
-        braze.fail_next(*["503"] * k)  # the webhook's try and the first k-1 retries fail
+        braze.fail_next(*["503"] * (2 * k))  # the webhook's try and the first k-1 retries fail, each sent twice
         call_webhook(http_event("event-created"))
 
         calls = run(clock, worker, 400)
@@ -82,7 +83,7 @@ def test_120_queued_events_become_three_braze_calls(aws, braze, worker):
     for user in users:
         braze.add_user(f"external_id:{user}")
     with freeze_time(START) as clock:
-        braze.fail_next(*["503"] * 120)
+        braze.fail_next(*["503"] * 240)  # each webhook's request and its second try
         assert {call_webhook(event_for(user))[0] for user in users} == {202}
         requests_before = len(braze.track_requests())
 
@@ -99,16 +100,16 @@ def test_a_per_item_error_parks_only_its_own_message(aws, braze, worker):
     for user in users:
         braze.add_user(f"external_id:{user}")
     with freeze_time(START) as clock:
-        braze.fail_next(*["503"] * 5, "item_error")
+        braze.fail_next(*["503"] * 10, "item_error")  # each webhook's request and its second try
         for user in users:
             call_webhook(event_for(user))
         run(clock, worker, 40)
 
-    [retry_request] = braze.track_requests()[5:]
+    [retry_request] = braze.track_requests()[10:]
     rejected = retry_request.body["attributes"][0]["external_id"]
     [dead] = parked(aws)
     assert dead["body"]["identity"]["value"] == rejected
-    assert dead["reason"] == "braze rejected the object: injected item error" and dead["attempts"] == "2"
+    assert dead["reason"] == "braze rejected the object: injected item error" and dead["attempts"] == "3"
     assert dead["category"] == "braze_rejected"
     assert [u for u in users if braze.state(f"external_id:{u}").updates] == [u for u in users if u != rejected]
 
@@ -118,12 +119,12 @@ def test_a_request_braze_refuses_as_a_whole_is_resent_object_by_object(aws, braz
     for user in users:
         braze.add_user(f"external_id:{user}")
     with freeze_time(START) as clock:
-        braze.fail_next("503", "503", "503", "400")
+        braze.fail_next(*["503"] * 6, "400")  # each webhook's request and its second try
         for user in users:
             call_webhook(event_for(user))
         run(clock, worker, 40)
 
-    sizes = [len(r.body["attributes"]) for r in braze.track_requests()[3:]]
+    sizes = [len(r.body["attributes"]) for r in braze.track_requests()[6:]]
     assert sizes == [3, 1, 1, 1]
     assert parked(aws) == []
     assert all(braze.state(f"external_id:{u}").email_subscribe == "opted_in" for u in users)
@@ -132,7 +133,7 @@ def test_a_request_braze_refuses_as_a_whole_is_resent_object_by_object(aws, braz
 def test_a_malformed_message_is_parked_at_once_without_holding_up_the_batch(aws, braze, worker):
     with freeze_time(START) as clock:
         aws.sqs.send_message(QueueUrl=aws.retry_queue, MessageBody='{"hello": "world"}')
-        braze.fail_next("503")
+        braze.fail_next("503", "503")
         call_webhook(http_event("event-created"))
         run(clock, worker, 40)
 
@@ -144,7 +145,7 @@ def test_a_malformed_message_is_parked_at_once_without_holding_up_the_batch(aws,
 def test_a_429_in_the_worker_waits_until_braze_s_reset_before_the_next_retry(aws, braze, worker):
     braze.rate_limit_reset_in = 100  # later than the schedule's next delay (45 s)
     with freeze_time(START) as clock:
-        braze.fail_next("503", "429")
+        braze.fail_next("503", "503", "429")
         call_webhook(http_event("event-created"))
         calls = run(clock, worker, 200)
 
@@ -153,17 +154,18 @@ def test_a_429_in_the_worker_waits_until_braze_s_reset_before_the_next_retry(aws
 
 
 def test_rate_limiting_is_backpressure_it_never_spends_a_retry(aws, braze, worker):
-    """Twenty 429s between the failures: still exactly five retries after failures, and `attempts` counts calls."""
+    """Twenty 429s between the failures: still exactly five retries after failures, and `attempts` counts calls (each
+    failed try is two: a 5xx is sent again at once)."""
     braze.rate_limit_reset_in = 20
     with freeze_time(START) as clock:
-        braze.fail_next("503", *["429"] * 20, *["503"] * 5)
+        braze.fail_next("503", "503", *["429"] * 20, *["503"] * 10)
         call_webhook(http_event("event-created"))
         run(clock, worker, 20 * 21 + 400, step=1)
 
     statuses = [r.status for r in braze.track_requests()]
-    assert statuses == [503, *[429] * 20, *[503] * 5]
+    assert statuses == [503, 503, *[429] * 20, *[503] * 10]
     [dead] = parked(aws)
-    assert dead["reason"].startswith("retries exhausted after 5 retries") and dead["attempts"] == "26"
+    assert dead["reason"].startswith("retries exhausted after 5 retries") and dead["attempts"] == "32"
 
 
 def test_a_rate_limit_lasting_half_an_hour_still_ends_in_delivery(aws, braze, worker):
@@ -179,14 +181,14 @@ def test_a_rate_limit_lasting_half_an_hour_still_ends_in_delivery(aws, braze, wo
 
 def test_changes_for_one_user_in_one_batch_become_one_object_with_the_newest_state(aws, braze, worker):
     with freeze_time(START) as clock:
-        braze.fail_next("503", "503")
+        braze.fail_next(*["503"] * 4)  # each webhook's request and its second try
         assert call_webhook(http_event("event-created"))[0] == 202  # 2026-05-04 12:00: opted in; Braze fails
         assert call_webhook(event_for("customer-9"))[0] == 202
         # updated_at 2026-05-02: an older change for the first user, merged beside the lease and superseded
         assert call_webhook(http_event("user-updated"))[1]["reason"] == "superseded"
         run(clock, worker, 40)
 
-    [retry] = braze.track_requests()[2:]
+    [retry] = braze.track_requests()[4:]
     assert [o["external_id"] for o in retry.body["attributes"]] == ["customer-42", "customer-9"]
     assert retry.body["attributes"][0]["email_subscribe"] == "opted_in"  # the newer state wins
 
@@ -199,14 +201,14 @@ def test_a_401_in_the_worker_picks_up_a_rotated_key_for_the_rest_of_the_batch(aw
     for user in users:
         braze.add_user(f"external_id:{user}")
     with freeze_time(START) as clock:
-        braze.fail_next(*["503"] * len(users))
+        braze.fail_next(*["503"] * (2 * len(users)))  # each webhook's request and its second try
         for user in users:
             call_webhook(event_for(user))
         braze.api_key = "rotated-key"  # Braze now refuses the cached key
         aws.put_connector(connector_document(braze.url) | {"authentication": {"api_key": "rotated-key", "server": braze.url}})
         run(clock, worker, 35)
 
-    retries = braze.track_requests()[len(users) :]
+    retries = braze.track_requests()[2 * len(users) :]
     assert [(r.status, r.headers["authorization"]) for r in retries] == [
         (401, "Bearer local-braze-api-key"),
         (201, "Bearer rotated-key"),
@@ -219,7 +221,7 @@ def test_a_worker_that_crashes_every_time_still_ends_in_the_dead_letter_queue(aw
     from didomi_braze import runtime
 
     with freeze_time(START) as clock:
-        braze.fail_next("503")
+        braze.fail_next("503", "503")
         call_webhook(http_event("event-created"))
         monkeypatch.setattr(runtime.dependencies().delivery.braze, "track", _crash)
         crashes = 0
@@ -264,7 +266,7 @@ def test_a_broken_configuration_fails_the_batch_loudly_and_keeps_every_message(a
     from didomi_braze import runtime
 
     with freeze_time(START) as clock:
-        braze.fail_next("503")
+        braze.fail_next("503", "503")
         call_webhook(http_event("event-created"))
         monkeypatch.setenv("RETRY_DELAYS_SECONDS", "30,45")  # too few delays
         runtime.dependencies.cache_clear()

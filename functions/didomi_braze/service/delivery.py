@@ -6,7 +6,9 @@
 - **Judge**: Braze is sent the fields whose value, evaluated on the merged state, changed with this merge; the
   fields of a change seen before (a redelivery: it may not have reached Braze); and the fields a failed call owes.
   Every value comes from the merged state as it stands under the lease, so it is the newest known one.
-- **Send**: as few `/users/track` requests as there are chunks of users, while the leases are safely held.
+- **Send**: as few `/users/track` requests as there are chunks of users, while the leases are safely held. A
+  request Braze answers at once with a 5xx is sent once more after a short pause, if the leases still allow it: a
+  random 5xx then costs half a second instead of a 30 s retry (README "Delivery, retries").
 - **Settle**: one outcome per user. What becomes of it (an answer, a queued retry, a parked message, a lease
   released) is the caller's business.
 
@@ -19,6 +21,7 @@ against it.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -42,6 +45,7 @@ FINAL = (DELIVERED, SKIPPED)
 LEASE_MARGIN_SECONDS = 3  # a lease outlives the Braze call it covers by this much (clock skew, the last bytes)
 CLAIM_ATTEMPTS = 3  # exact merges retried when the revision moved meanwhile
 STATE_TABLE_CONCURRENCY = 16  # matches the DynamoDB client's connection pool (runtime.py)
+QUICK_RETRY_PAUSE_SECONDS = 0.5  # before sending again a request Braze answered with a 5xx
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,12 @@ class Outcome:
     skip_reason: str | None = None
     status: int | None = None  # Braze's HTTP status
     retry_at: float | None = None  # BUSY: when the lease runs out; RATE_LIMITED: Braze's reset
-    called_braze: bool = False
+    calls: int = 0  # Braze requests made for this user (2: a 5xx sent again at once)
     lease: Lease | None = None  # held, to be given back by the caller
+
+    @property
+    def called_braze(self) -> bool:
+        return self.calls > 0
 
 
 @dataclass
@@ -90,6 +98,7 @@ class Delivery:
         braze_seconds: float,
         concurrency: int = STATE_TABLE_CONCURRENCY,
         gauge: RateGauge | None = None,
+        pause: Callable[[float], None] = time.sleep,
     ):
         self.state = state
         self.braze = braze
@@ -99,6 +108,7 @@ class Delivery:
         self.braze_seconds = braze_seconds  # the longest one Braze call can take (connect + read timeouts)
         self.concurrency = concurrency  # state-table round trips side by side (1: one after the other)
         self.gauge = gauge or RateGauge()  # Braze's rate-limit window, as this container last saw it
+        self.pause = pause
 
     # -- the flow --------------------------------------------------------------------------------------------
     def deliver(
@@ -243,21 +253,23 @@ class Delivery:
                 wait = BrazeOutcome(
                     RATE_LIMITED, "braze rate limit reached: waiting for the window to reset", retry_at=spent_until
                 )
-                yield from ((i, self._settle(c, wait, called=False)) for i, c in chunk)
+                yield from ((i, self._settle(c, wait, calls=0)) for i, c in chunk)
                 continue
             if not self._time_for_a_call(chunk, deadline):
                 yield from ((i, _out_of_time(c, self.clock())) for i, c in chunk)
                 continue
-            answer = self._track(config, [c for _, c in chunk])
+            answer, calls = self._track_once_more_after_5xx(config, chunk, deadline)
             if answer.kind == PERMANENT and len(chunk) > 1:
                 # Braze refused the request as a whole: send each object alone, so one bad object parks only itself.
                 for i, claim in chunk:
                     if self._time_for_a_call([(i, claim)], deadline):
-                        yield i, self._settle(claim, self._track(config, [claim]))
+                        yield i, self._settle(claim, self._track(config, [claim]), calls=calls + 1)
                     else:
                         yield i, _out_of_time(claim, self.clock())
                 continue
-            yield from ((i, self._settle(c, answer, item_error=answer.item_error(n))) for n, (i, c) in enumerate(chunk))
+            yield from (
+                (i, self._settle(c, answer, item_error=answer.item_error(n), calls=calls)) for n, (i, c) in enumerate(chunk)
+            )
             if answer.refresh_credentials:
                 config = self._refreshed(config)
 
@@ -265,6 +277,21 @@ class Delivery:
         """A request may only leave while every lease it relies on outlives it (and the invocation does too)."""
         ends = min([deadline, *(c.lease.until for _, c in chunk)])
         return self.clock() + self.braze_seconds <= ends
+
+    def _track_once_more_after_5xx(
+        self, config: ConnectorConfig, chunk: list[tuple[int, _Claim]], deadline: float
+    ) -> tuple[BrazeOutcome, int]:
+        """One request; sent again after a short pause when Braze answered it with a 5xx and the leases still cover
+        another call. Not after a timeout (it took the whole timeout already) nor after 401/403 or 429."""
+        claims = [c for _, c in chunk]
+        answer = self._track(config, claims)
+        if answer.kind != RETRYABLE or answer.status is None or answer.status < 500 or answer.refresh_credentials:
+            return answer, 1
+        self.pause(QUICK_RETRY_PAUSE_SECONDS)
+        if not self._time_for_a_call(chunk, deadline):
+            return answer, 1
+        count("BrazeQuickRetries")
+        return self._track(config, claims), 2
 
     def _track(self, config: ConnectorConfig, claims: list[_Claim]) -> BrazeOutcome:
         count("BrazeRequests")
@@ -284,13 +311,13 @@ class Delivery:
             return config
 
     @staticmethod
-    def _settle(claim: _Claim, answer: BrazeOutcome, item_error: str | None = None, called: bool = True) -> Outcome:
+    def _settle(claim: _Claim, answer: BrazeOutcome, item_error: str | None = None, calls: int = 1) -> Outcome:
         sent, owed = claim.send, tuple(claim.send)
         if answer.kind == DELIVERED and item_error is None:
-            return Outcome(DELIVERED, "delivered", sent, status=answer.status, called_braze=True, lease=claim.lease)
+            return Outcome(DELIVERED, "delivered", sent, status=answer.status, calls=calls, lease=claim.lease)
         if answer.kind == DELIVERED:
             reason = f"braze rejected the object: {item_error}"
-            return Outcome(PERMANENT, reason, sent, owed, status=answer.status, called_braze=True, lease=claim.lease)
+            return Outcome(PERMANENT, reason, sent, owed, status=answer.status, calls=calls, lease=claim.lease)
         return Outcome(
             answer.kind,
             answer.reason,
@@ -298,7 +325,7 @@ class Delivery:
             owed,
             status=answer.status,
             retry_at=answer.retry_at,
-            called_braze=called,
+            calls=calls,
             lease=claim.lease,
         )
 

@@ -350,7 +350,7 @@ class _Batch:
             reason=outcome.reason,
             queued_at=now,
             failures=1 if failed else 0,
-            calls=1 if outcome.called_braze else 0,
+            calls=outcome.calls,
             first_failure_at=now if failed else None,
         )
         try:

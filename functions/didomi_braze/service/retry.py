@@ -85,8 +85,8 @@ class _Batch:
     def settle(self, message_id: str, outcome: Outcome, now: float, still_owed: tuple[str, ...] = ()) -> None:
         record, pending = self.records[message_id], self.pending[message_id]
         log = self._log(message_id)
-        # Every earlier receive of this copy made one Braze call (a receive that made none sends a fresh copy).
-        calls = pending.calls + record.receive_count - 1 + (1 if outcome.called_braze else 0)
+        # Every earlier receive of this copy made one Braze call (a receive that made none, or two, sends a fresh copy).
+        calls = pending.calls + record.receive_count - 1 + outcome.calls
         before = pending.failures + record.receive_count - 1  # failures before this receive
         if outcome.kind in FINAL:
             if outcome.kind == DELIVERED:
@@ -124,7 +124,7 @@ class _Batch:
             reason = f"retries exhausted after {failures - 1} retries; last: {outcome.reason}"
             self.park(message_id, outcome, reason, "retries_exhausted", calls)
             return
-        if not outcome.called_braze or still_owed:
+        if outcome.calls != 1 or still_owed:
             # A copy, so that the receive count stays the count of Braze calls (and the copy can owe more).
             self.requeue(message_id, outcome.reason, delay, failures, calls, owed, failed_with=outcome.status or 0)
             return

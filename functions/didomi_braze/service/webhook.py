@@ -165,7 +165,7 @@ def _pending(change: Change, outcome: Outcome, deps: Dependencies) -> PendingCha
         reason=outcome.reason,
         queued_at=now,
         failures=1 if failed else 0,
-        calls=1 if outcome.called_braze else 0,
+        calls=outcome.calls,
         first_failure_at=now if failed else None,
     )
 
