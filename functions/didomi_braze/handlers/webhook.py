@@ -16,8 +16,6 @@ from ..service.webhook import WebhookRequest, receive_webhook
 
 prepare()  # SDK clients in the init phase
 
-JSON_HEADERS = {"Content-Type": "application/json"}
-
 
 @logger.inject_lambda_context  # no custom keys are appended: nothing to clear between invocations
 @metrics.log_metrics
@@ -35,7 +33,7 @@ def handler(event: dict, context) -> dict:
     answer = receive_webhook(request, dependencies)
     return {
         "statusCode": answer.status,
-        "headers": dict(JSON_HEADERS),
+        "headers": {"Content-Type": "application/json"},
         "body": json.dumps(answer.body),
     }
 
