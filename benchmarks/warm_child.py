@@ -26,6 +26,7 @@ class Context:
 
 def main(events: int, warmup: int = 20) -> dict:
     import boto3
+    import botocore.handlers
     import urllib3
 
     from benchmarks.events import fresh_event
@@ -38,7 +39,9 @@ def main(events: int, warmup: int = 20) -> dict:
             _, service, operation = event_name.split(".", 2)
             calls[f"{service} {operation}"] += 1
 
-    boto3._get_default_session().events.register("before-call", count_call)  # before the handler builds its clients
+    # Registered with botocore's built-in handlers, which every session created from now on takes up (boto3's and
+    # the function's own), before the handler builds its clients.
+    botocore.handlers.BUILTIN_HANDLERS.append(("before-call", count_call))
     from didomi_braze.adapters.state_table import StateTable
     from didomi_braze.domain.ordering import Position, StoredInput
     from didomi_braze.domain.ports import StoredOlder

@@ -4,6 +4,10 @@ Handlers call `prepare()` at import, so that the SDK clients are created in Lamb
 a full CPU) rather than in the first invocation. A configuration problem does not fail the init: it is raised
 again, with its message, by every call to `dependencies()`, and each request answers 503 naming it in the log.
 
+The SDK clients come from one botocore session per process, as `boto3.client(...)` makes them from boto3's
+default session; but `import boto3` also loads s3transfer and with it multiprocessing, about 30 ms of the cold
+start spent on modules no function uses.
+
 The settings come from the process environment, which Lambda sets per function. A host that runs several functions
 in one process (the local stack) runs each one's calls inside `function_environment(...)`, so that each function
 gets its own settings and its own dependencies, as it would in its own container.
@@ -22,7 +26,7 @@ from contextvars import ContextVar
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 
@@ -71,14 +75,24 @@ def dependencies() -> Dependencies:
     return _built(_function_environment.get())
 
 
+@lru_cache(maxsize=1)
+def _session() -> botocore.session.Session:
+    """The process's botocore session, created on first use (its settings come from the environment then)."""
+    return botocore.session.get_session()
+
+
+def _client(service: str, config: Config):
+    return _session().create_client(service, config=config)
+
+
 @lru_cache(maxsize=4)  # a raised ConfigurationError is not cached: each call reports it again
 def _built(overlay: tuple[tuple[str, str], ...] | None) -> Dependencies:
     env = _Environment(ChainMap(dict(overlay), os.environ) if overlay is not None else os.environ)
     aws = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
     try:
-        secretsmanager = boto3.client("secretsmanager", config=aws)
+        secretsmanager = _client("secretsmanager", config=aws)
         # Our adapters build every request themselves: client-side validation of them is CPU spent on every call.
-        dynamodb = boto3.client("dynamodb", config=aws.merge(Config(max_pool_connections=16, parameter_validation=False)))
+        dynamodb = _client("dynamodb", config=aws.merge(Config(max_pool_connections=16, parameter_validation=False)))
     except BotoCoreError as exc:  # no region, say: Lambda always sets one, a local shell may not
         raise ConfigurationError(f"cannot create the AWS clients: {exc}") from None
     store = SecretStore(secretsmanager, max_age=SECRET_MAX_AGE_SECONDS)
@@ -104,9 +118,7 @@ def _built(overlay: tuple[tuple[str, str], ...] | None) -> Dependencies:
         ),
         access=AccessPolicy.parse(env.get("AUTH_MODE"), env.get("ALLOWED_SOURCE_CIDRS"), env.get("OAUTH_SCOPE")),
         delivery=delivery,
-        queue=Queues(
-            lambda: boto3.client("sqs", config=aws), env.required("RETRY_QUEUE_URL"), env.required("DEAD_LETTER_QUEUE_URL")
-        ),
+        queue=Queues(lambda: _client("sqs", config=aws), env.required("RETRY_QUEUE_URL"), env.required("DEAD_LETTER_QUEUE_URL")),
         schedule=RetrySchedule.parse(env.get("RETRY_DELAYS_SECONDS")),
         webhook_lease_seconds=math.ceil(braze_seconds) + LEASE_MARGIN_SECONDS,
         backfill_runs=BackfillRunTable(dynamodb, env.get("STATE_TABLE_NAME") or ""),
@@ -145,10 +157,10 @@ def _built_flow_back(overlay: tuple[tuple[str, str], ...] | None) -> FlowBack:
     env = _Environment(ChainMap(dict(overlay), os.environ) if overlay is not None else os.environ)
     aws = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
     try:
-        secretsmanager = boto3.client("secretsmanager", config=aws)
-        dynamodb = boto3.client("dynamodb", config=aws)
-        s3 = boto3.client("s3", config=Config(connect_timeout=2, read_timeout=30, retries={"mode": "standard"}))
-        sqs = boto3.client("sqs", config=aws)
+        secretsmanager = _client("secretsmanager", config=aws)
+        dynamodb = _client("dynamodb", config=aws)
+        s3 = _client("s3", config=Config(connect_timeout=2, read_timeout=30, retries={"mode": "standard"}))
+        sqs = _client("sqs", config=aws)
     except BotoCoreError as exc:
         raise ConfigurationError(f"cannot create the AWS clients: {exc}") from None
     credentials = DidomiCredentialsSource(

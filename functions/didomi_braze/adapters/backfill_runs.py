@@ -7,11 +7,14 @@ other's, whatever their order.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..domain.backfill import SETTLED, Checkpoint
 from ..domain.errors import StateUnavailable
+
+if TYPE_CHECKING:
+    from ..domain.backfill import Checkpoint
 
 RUN_TTL_SECONDS = 90 * 24 * 3600
 _READING = {
@@ -50,6 +53,8 @@ class BackfillRunTable:
         self._update(checkpoint.key, expression, names, values)
 
     def load(self, run: str) -> Checkpoint | None:
+        from ..domain.backfill import SETTLED, Checkpoint  # on first use: the webhook's cold start never needs it
+
         try:
             item = self._ddb.get_item(
                 TableName=self._table, Key={"user_key": {"S": Checkpoint(run, "", "").key}}, ConsistentRead=True
@@ -68,6 +73,8 @@ class BackfillRunTable:
         return Checkpoint(run=run, **fields)
 
     def add_settled(self, run: str, counts: dict[str, int]) -> None:
+        from ..domain.backfill import SETTLED, Checkpoint  # on first use, as in load()
+
         adds = [name for name in SETTLED if counts.get(name)]
         if not adds:
             return

@@ -36,7 +36,12 @@ class BrazeClient:
                 preload_content=False,
             )
             try:
-                body = response.read(MAX_RESPONSE_BYTES)
+                # A body whose announced length is within the limit is read in one go; `read(amt)` reads once more
+                # to find the end. Any other body is read up to the limit.
+                length = response.length_remaining
+                body = (
+                    response.read() if length is not None and length <= MAX_RESPONSE_BYTES else response.read(MAX_RESPONSE_BYTES)
+                )
             finally:
                 response.release_conn()
         except urllib3.exceptions.TimeoutError:

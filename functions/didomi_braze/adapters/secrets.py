@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..domain.connector import ConnectorConfig, parse_connector_document
@@ -12,18 +11,27 @@ from ..domain.errors import ConfigurationError
 
 
 class SecretStore:
-    """Reads secret strings through Powertools' provider, which caches them for `max_age` seconds."""
+    """Reads secret strings, each cached for `max_age` seconds (what Powertools' SecretsProvider does, without
+    importing its parameters package, which loads every provider it has, into the webhook's cold start)."""
 
     def __init__(self, client, max_age: int):
-        self._provider = SecretsProvider(boto3_client=client)
+        self._client = client
         self._max_age = max_age
+        self._cache: dict[str, tuple[str | bytes, float]] = {}  # secret id -> (value, epoch seconds it expires)
 
     def read(self, secret_id: str, force: bool = False) -> str:
-        try:
-            value = self._provider.get(secret_id, max_age=self._max_age, force_fetch=force)
-        except Exception as exc:  # Powertools wraps every SDK error in GetParameterError
-            # The SDK's message names the secret and the error code, never the secret's value.
-            raise ConfigurationError(f"cannot read secret {secret_id}: {exc}") from None
+        cached = self._cache.get(secret_id)
+        if cached is not None and not force and cached[1] >= time.time():
+            value = cached[0]
+        else:
+            try:
+                answer = self._client.get_secret_value(SecretId=secret_id)
+                value = answer["SecretString"] if "SecretString" in answer else answer["SecretBinary"]
+            except Exception as exc:
+                # The SDK's message names the secret and the error code, never the secret's value.
+                raise ConfigurationError(f"cannot read secret {secret_id}: {exc}") from None
+            if self._max_age > 0:
+                self._cache[secret_id] = (value, time.time() + self._max_age)
         if not isinstance(value, str) or not value:
             raise ConfigurationError(f"secret {secret_id} has no SecretString")
         return value

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .errors import ConfigurationError
@@ -44,7 +45,7 @@ class ConnectorConfig:
     email_unsubscribed: str | None = None  # mapping value behind UNSUBSCRIBED
     subscription_groups: tuple[tuple[str, str], ...] = ()  # (subscription group id, mapping value)
 
-    @property
+    @cached_property  # read for every event; computed once per parsed document
     def inputs(self) -> tuple[str, ...]:
         """Every Didomi input (mapping value) the mappings read, once each."""
         values = (self.email_opted_in, self.email_unsubscribed, *(value for _, value in self.subscription_groups))

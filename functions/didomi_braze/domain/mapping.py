@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from types import MappingProxyType
 
 from .connector import ConnectorConfig
 from .didomi import DidomiWebhook, Entity
@@ -33,8 +35,13 @@ def group_field(group_id: str) -> str:
     return GROUP_PREFIX + group_id
 
 
-def field_inputs(config: ConnectorConfig) -> dict[str, tuple[str, ...]]:
+def field_inputs(config: ConnectorConfig) -> Mapping[str, tuple[str, ...]]:
     """Each Braze field the configuration drives, and the inputs it is evaluated from."""
+    return MappingProxyType(_field_inputs(config))
+
+
+@lru_cache(maxsize=8)  # asked several times per event, for the one configuration a container holds
+def _field_inputs(config: ConnectorConfig) -> dict[str, tuple[str, ...]]:
     out: dict[str, tuple[str, ...]] = {}
     email = tuple(v for v in (config.email_opted_in, config.email_unsubscribed) if v)
     if email:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from .braze import BrazeOutcome
-from .didomi_api import DidomiAnswer
-from .ordering import StoredInput
+if TYPE_CHECKING:  # annotations only: the webhook's cold start need not load the Didomi API's module
+    from .braze import BrazeOutcome
+    from .didomi_api import DidomiAnswer
+    from .ordering import StoredInput
 
 
 @dataclass(frozen=True)
