@@ -59,12 +59,17 @@ class LocalAws:
 
 
 @pytest.fixture(autouse=True)
-def _no_real_pause_before_a_second_try(monkeypatch):
+def _no_real_pause_before_a_second_try():
     """The functions pause half a second before sending a 5xx'd request again; the clock these tests read is frozen
-    or moved by hand, so the real sleep would only slow them down (tests/faults/test_quick_retry.py times it)."""
+    or moved by hand, so the real sleep would only slow them down (tests/faults/test_quick_retry.py times it).
+    Not through `monkeypatch`: an autouse fixture using it would make the tests' own `monkeypatch` outlive `aws`,
+    whose environment it would then write back into the process."""
     from didomi_braze.service import delivery
 
-    monkeypatch.setattr(delivery, "QUICK_RETRY_PAUSE_SECONDS", 0.0)
+    pause = delivery.QUICK_RETRY_PAUSE_SECONDS
+    delivery.QUICK_RETRY_PAUSE_SECONDS = 0.0
+    yield
+    delivery.QUICK_RETRY_PAUSE_SECONDS = pause
 
 
 @pytest.fixture

@@ -1,9 +1,4 @@
-"""WebhookFunction: API Gateway HTTP API (payload 2.0) → one Didomi event → Braze.
-
-The event is read as the dict Lambda hands over, the way Powertools' `APIGatewayProxyEventV2` reads it (headers
-matched case-insensitively, the source address required): the data class and its decorator would cost the cold
-start their imports and every event a few wrappers, for the five values the handler reads.
-"""
+"""WebhookFunction: API Gateway HTTP API (payload 2.0) → one Didomi event → Braze."""
 
 from __future__ import annotations
 
@@ -13,21 +8,22 @@ import time
 from ..observability import logger, metrics
 from ..runtime import dependencies, prepare
 from ..service.webhook import WebhookRequest, receive_webhook
+from .events import APIGatewayProxyEventV2, event_source
 
 prepare()  # SDK clients in the init phase
 
 
 @logger.inject_lambda_context  # no custom keys are appended: nothing to clear between invocations
 @metrics.log_metrics
-def handler(event: dict, context) -> dict:
-    context_ = event["requestContext"]
-    authorizer = context_.get("authorizer") or {}
+@event_source(data_class=APIGatewayProxyEventV2)
+def handler(event: APIGatewayProxyEventV2, context) -> dict:
+    context_ = event.request_context
     request = WebhookRequest(
-        authorization=_header(event.get("headers"), "authorization"),
-        body=event.get("body"),
-        is_base64=event.get("isBase64Encoded"),
-        source_ip=context_["http"]["sourceIp"],
-        jwt_claims=(authorizer.get("jwt") or {}).get("claims") or None,
+        authorization=event.headers.get("authorization"),
+        body=event.body,
+        is_base64=event.is_base64_encoded,
+        source_ip=context_.http.source_ip,
+        jwt_claims=context_.authorizer.jwt_claim or None,
         deadline=time.time() + context.get_remaining_time_in_millis() / 1000,
     )
     answer = receive_webhook(request, dependencies)
@@ -36,12 +32,3 @@ def handler(event: dict, context) -> dict:
         "headers": {"Content-Type": "application/json"},
         "body": json.dumps(answer.body),
     }
-
-
-def _header(headers: dict | None, name: str) -> str | None:
-    """A header by its lower-case name, whatever its case in the event (the last one given wins)."""
-    found = None
-    for key, value in (headers or {}).items():
-        if key.lower() == name:
-            found = value
-    return found
