@@ -5,6 +5,7 @@ figures; `Figures.misses` says which targets it missed."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import random
@@ -368,6 +369,12 @@ class Simulation:
         counts = _Counts()
         level = logger.log_level
         logger.setLevel("CRITICAL")
+        # The run holds millions of long-lived objects (every user's state, the queues, the trackers); Python's
+        # cyclic collector would walk them all at every full collection, about 15% of the wall time at a tenth of
+        # the size. Full collections are made ten times rarer instead (the peak RSS is the same, measured).
+        thresholds = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(thresholds[0], thresholds[1], 100)
         try:
             with contextlib.ExitStack() as stack:
                 stack.enter_context(metrics_to(counts))
@@ -377,6 +384,8 @@ class Simulation:
                 self.loop.run()
         finally:
             logger.setLevel(level)
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
         return self._figures(counts, time.monotonic() - wall)
 
     def _figures(self, counts: Counter, wall: float) -> Figures:
