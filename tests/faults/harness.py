@@ -69,3 +69,24 @@ class World:
 
     def parked(self) -> list:
         return list(self.queues.dead_letters.messages.values())
+
+
+def record_call_times(world: World) -> list[float]:
+    """The clock's time at every Braze call from now on (the list fills as the world runs)."""
+    times: list[float] = []
+    track = world.braze.track
+
+    def timed(*args, **kwargs):
+        times.append(world.clock())
+        return track(*args, **kwargs)
+
+    world.braze.track = timed
+    return times
+
+
+def run_worker(world: World, seconds: int) -> None:
+    """Move the clock a second at a time for `seconds`, the worker polling until the queue has nothing visible."""
+    for _ in range(seconds):
+        world.clock.advance(1)
+        while world.worker.poll():
+            pass

@@ -4,27 +4,8 @@
 
 import pytest
 
-from tests.faults.harness import World
+from tests.faults.harness import World, record_call_times, run_worker
 from tests.property.didomi_model import NEWSLETTER
-
-
-def _record_call_times(world):
-    times = []
-    track = world.braze.track
-
-    def timed(*args, **kwargs):
-        times.append(world.clock())
-        return track(*args, **kwargs)
-
-    world.braze.track = timed
-    return times
-
-
-def _run(world, seconds):
-    for _ in range(seconds):
-        world.clock.advance(1)
-        while world.worker.poll():
-            pass
 
 
 @pytest.fixture
@@ -36,7 +17,7 @@ def world():
 
 @pytest.mark.parametrize("status", ["500", "503"])
 def test_a_5xx_answered_at_once_is_sent_again_half_a_second_later_and_the_webhook_answers_delivered(world, status):
-    times = _record_call_times(world)
+    times = record_call_times(world)
     world.workspace.fail_next(status)
     world.didomi.consent("u0", {NEWSLETTER: False}, pending=False, regulation="gdpr")
 
@@ -51,7 +32,7 @@ def test_a_5xx_answered_at_once_is_sent_again_half_a_second_later_and_the_webhoo
 
 @pytest.mark.parametrize("fault", ["hang", "429", "401"])
 def test_a_timeout_a_429_or_a_401_is_not_sent_again_at_once(world, fault):
-    times = _record_call_times(world)
+    times = record_call_times(world)
     world.workspace.fail_next(fault)
     world.didomi.consent("u0", {NEWSLETTER: False}, pending=False, regulation="gdpr")
 
@@ -62,7 +43,7 @@ def test_a_timeout_a_429_or_a_401_is_not_sent_again_at_once(world, fault):
 def test_no_second_request_once_the_lease_no_longer_covers_a_whole_braze_call(world):
     """The webhook's lease is 10 s and a call may take 7: after a 5xx answered 2.6 s into the lease, the half-second
     pause leaves too little of it, and the change is queued instead."""
-    times = _record_call_times(world)
+    times = record_call_times(world)
     track = world.braze.track
 
     def slow_answer(*args, **kwargs):
@@ -80,7 +61,7 @@ def test_no_second_request_once_the_lease_no_longer_covers_a_whole_braze_call(wo
 def test_a_batch_answered_5xx_is_sent_again_by_the_worker_and_its_messages_are_deleted():
     world = World(users=("u0", "u1"))
     try:
-        times = _record_call_times(world)
+        times = record_call_times(world)
         world.workspace.fail_next("503", "503")  # each webhook's call and its second try: both queued
         world.didomi.consent("u0", {NEWSLETTER: False}, pending=False, regulation="gdpr")
         assert world.post(world.didomi.outbox[0].body).body["status"] == "queued"
@@ -104,13 +85,13 @@ def test_a_batch_answered_5xx_is_sent_again_by_the_worker_and_its_messages_are_d
 def test_a_braze_that_always_answers_5xx_still_gets_five_retries_within_five_minutes_and_attempts_counts_every_call(world):
     """Each try is two calls half a second apart; the schedule counts a try as one failure, and `attempts` counts
     the calls: the webhook's two and two for each of the five retries."""
-    times = _record_call_times(world)
+    times = record_call_times(world)
     world.workspace.fail_next(*["503"] * 12)
     world.didomi.consent("u0", {NEWSLETTER: False}, pending=False, regulation="gdpr")
     delivered_at = world.clock()
     assert world.post(world.didomi.outbox[0].body).body["status"] == "queued"
 
-    _run(world, 400)
+    run_worker(world, 400)
 
     [dead] = world.parked()
     assert len(times) == 12 and dead.attributes["attempts"] == "12", dead.attributes

@@ -1,27 +1,8 @@
 """The retry worker's counts and schedule (service/retry.py, domain/schedule.py) under faults the tests do not
 combine, on the in-memory ports."""
 
-from tests.faults.harness import World
+from tests.faults.harness import World, record_call_times, run_worker
 from tests.property.didomi_model import NEWSLETTER
-
-
-def _record_call_times(world):
-    times = []
-    track = world.braze.track
-
-    def timed(*args, **kwargs):
-        times.append(world.clock())
-        return track(*args, **kwargs)
-
-    world.braze.track = timed
-    return times
-
-
-def _run(world, seconds):
-    for _ in range(seconds):
-        world.clock.advance(1)
-        while world.worker.poll():
-            pass
 
 
 def test_the_fifth_retry_of_a_braze_that_hangs_every_time_still_runs_within_five_minutes_of_delivery():
@@ -30,12 +11,12 @@ def test_the_fifth_retry_of_a_braze_that_hangs_every_time_still_runs_within_five
     each hang to the schedule): the fifth starts within 300 s of Didomi's delivery with a batching window to spare."""
     world = World()
     try:
-        times = _record_call_times(world)
+        times = record_call_times(world)
         world.workspace.fail_next(*["hang"] * 6)
         world.didomi.consent("u0", {NEWSLETTER: False}, pending=False, regulation="gdpr")
         delivered_at = world.clock()
         assert world.post(world.didomi.outbox[0].body).body["status"] == "queued"
-        _run(world, 400)
+        run_worker(world, 400)
 
         assert len(times) == 6 and len(world.parked()) == 1
         fifth_retry = times[-1] - delivered_at
@@ -49,7 +30,7 @@ def test_attempts_counts_braze_calls_not_receives_that_found_the_state_table_unr
     unreachable called nothing: its failure travels in a fresh copy, so that the receive count stays a call count."""
     world = World()
     try:
-        times = _record_call_times(world)
+        times = record_call_times(world)
         world.workspace.fail_next("503", "503")
         world.didomi.consent("u0", {NEWSLETTER: False}, pending=False, regulation="gdpr")
         assert world.post(world.didomi.outbox[0].body).body["status"] == "queued"  # Braze calls 1 and 2 (sent again)
@@ -58,7 +39,7 @@ def test_attempts_counts_braze_calls_not_receives_that_found_the_state_table_unr
         assert world.worker.poll() == 1  # the state table is unreachable: no Braze call
         world.faults.armed = None
         world.workspace.fail_next("400")
-        _run(world, 60)  # Braze call 3: rejected, parked
+        run_worker(world, 60)  # Braze call 3: rejected, parked
 
         [dead] = world.parked()
         assert len(times) == 3

@@ -203,10 +203,10 @@ class Delivery:
         busy = "another update for this user is being delivered"
         for _ in range(CLAIM_ATTEMPTS):
             exact = merge(current.inputs, carried)
-            due = self.due(current, exact, user, config)
+            due, after = self._judged(current, exact, user, config)
             if exact.newer:
                 # Input by input, as a holder marks them: a fact whose fields are not all owed vouches for nothing.
-                quiet, _ = _left_unsent(exact.newer, due, desired(values_of(exact.state), config), config)
+                quiet, _ = _left_unsent(exact.newer, due, after, config)
                 written = {**exact.newer, **quietly({name: exact.newer[name] for name in quiet})}
                 result = self.state.claim(
                     user.identity.state_key, written, None, user.event, now, now, AtRevision(current.revision)
@@ -222,8 +222,7 @@ class Delivery:
         return Outcome(BUSY, busy, retry_at=max(current.lease_until, now + 1))
 
     def _judge(self, claim: _Claim, config: ConnectorConfig) -> _Claim:
-        after = desired(values_of(claim.merged.state), config)
-        due = self.due(claim.before, claim.merged, claim.user, config)
+        due, after = self._judged(claim.before, claim.merged, claim.user, config)
         claim.send = {name: after[name] for name in sorted(due) if name in after}
         quiet, unsent = _left_unsent(claim.merged.newer, claim.send, after, config)
         claim.lease = replace(claim.lease, quiet=quiet, unsent=unsent)
@@ -232,11 +231,16 @@ class Delivery:
     @staticmethod
     def due(before: UserRecord, merged: Merge, user: UserWork, config: ConnectorConfig) -> set[str]:
         """The Braze fields to send: changed by this merge, read by a change seen before, or owed by a failed call."""
+        return Delivery._judged(before, merged, user, config)[0]
+
+    @staticmethod
+    def _judged(before: UserRecord, merged: Merge, user: UserWork, config: ConnectorConfig) -> tuple[set[str], dict[str, str]]:
+        """`due`, and every field's value on the merged state (what the caller sends them as)."""
         old = desired(values_of(before.inputs), config)
         new = desired(values_of(merged.state), config)
         changed = {name for name, value in new.items() if old.get(name) != value}
         redelivered = fields_reading(user.seen_again(before.inputs), config)
-        return {name for name in changed | redelivered | user.owed if name in new}
+        return {name for name in changed | redelivered | user.owed if name in new}, new
 
     @staticmethod
     def _nothing_to_send(claim: _Claim) -> Outcome:
@@ -285,7 +289,7 @@ class Delivery:
         another call. Not after a timeout (it took the whole timeout already) nor after 401/403 or 429."""
         claims = [c for _, c in chunk]
         answer = self._track(config, claims)
-        if answer.kind != RETRYABLE or answer.status is None or answer.status < 500 or answer.refresh_credentials:
+        if answer.kind != RETRYABLE or (answer.status or 0) < 500:  # a timeout has no status; 401/403 are below
             return answer, 1
         self.pause(QUICK_RETRY_PAUSE_SECONDS)
         if not self._time_for_a_call(chunk, deadline):
