@@ -19,7 +19,8 @@ def test_a_repeated_value_merged_beside_a_failing_holder_still_reaches_braze_thr
         assert world.post(first.body).body["status"] == "queued"
 
         # A newer change repeats the newsletter value and sets the sales topic. It arrives while the worker holds
-        # the user's lease and waits for Braze, which then answers the worker 500.
+        # the user's lease and waits for Braze, which then refuses the worker's call with 401 (a failure made of one
+        # call: its message comes back as it is, the fields it owes judged again by the merge).
         world.didomi.consent("u0", {NEWSLETTER: True, SALES: False}, pending=False, regulation="gdpr")
         second = world.didomi.outbox[2]
         track, answers = world.deps.delivery.braze.track, []
@@ -27,7 +28,7 @@ def test_a_repeated_value_merged_beside_a_failing_holder_still_reaches_braze_thr
         def second_arrives_during_the_call(*args, **kwargs):
             if not answers:
                 answers.append(world.post(second.body))
-                world.workspace.fail_next("500", "500")  # the request and its quick second try
+                world.workspace.fail_next("401")
             return track(*args, **kwargs)
 
         world.deps.delivery.braze.track = second_arrives_during_the_call
