@@ -1,10 +1,15 @@
 """The burst simulation (`make simulate`), scaled down fifty times: 20,000 webhooks in 200 s for 8,000 users, five
 times what Braze's rate limit allows with half of it spent by other integrations, through the real services."""
 
+import json
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from benchmarks.simulation.report import markdown, write_section
-from benchmarks.simulation.scenario import Scenario, simulate
+from benchmarks.simulation.scenario import START, Scenario, Simulation, simulate
+from didomi_braze.domain.didomi import parse_webhook
+from didomi_braze.domain.mapping import Change, plan
 
 
 @pytest.fixture(scope="module")
@@ -42,3 +47,18 @@ def test_the_report_replaces_its_own_section_and_leaves_the_rest(figures, tmp_pa
     assert text.startswith("# Benchmark results\n\ncold start …\n")
     assert text.count("<!-- simulation -->") == 1 and text.count("## Simulation") == 1
     assert text.rstrip().endswith("<!-- /simulation -->")
+
+
+def test_each_simulated_webhook_is_didomi_s_event_created_for_its_change():
+    simulation = Simulation(Scenario(seed=1).scaled(50))
+    for event in (0, 1, 999, 1_000, 12_345, simulation.scenario.events - 1):
+        body = json.loads(simulation.body(event))
+        entity = body["parameters"]["entity"]
+        user = f"user-{simulation.user_of[event]}"
+        created = datetime.fromtimestamp(START, tz=UTC) + timedelta(milliseconds=event)
+        assert body["type"] == "event.created" and entity["id"] == f"ev-{event}"
+        assert entity["created_at"] == created.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert entity["user"] == {"id": f"didomi-{user}", "organization_user_id": user}
+        change = plan(parse_webhook(body), simulation.config)
+        assert isinstance(change, Change) and change.identity.value == user
+        assert {name: stored.value for name, stored in change.inputs.items()} == simulation.values(event)
