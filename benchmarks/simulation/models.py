@@ -16,6 +16,7 @@ they are, on these adapters. The adapters take virtual time where the real calls
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections.abc import Callable
@@ -96,8 +97,6 @@ class SimQueues:
     event source. Each port call takes an SQS round trip of virtual time."""
 
     def __init__(self, loop: Loop, tracker: Tracker, visibility_timeout: int, max_receive_count: int, latency: float):
-        import heapq
-
         self._push = heapq.heappush
         self._pop = heapq.heappop
         self.loop, self.tracker = loop, tracker
@@ -163,6 +162,15 @@ class SimQueues:
         if message is not None and message.receipt == receipt:
             del self.messages[message_id]
             self.tracker.removed(message.body)
+            if len(self._heap) > 4 * len(self.messages) + 1024:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Drop the heap's stale entries: a received message's entry for the end of its visibility timeout (6 min)
+        outlives its deletion, and a burst left almost a million of them. Each message keeps its one live entry,
+        so messages come out in the same order."""
+        self._heap = [(message.visible_at, message_id) for message_id, message in self.messages.items()]
+        heapq.heapify(self._heap)
 
     def _park(self, body: str, category: str) -> None:
         self.dead_letters[category] = self.dead_letters.get(category, 0) + 1
