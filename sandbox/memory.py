@@ -74,9 +74,11 @@ class MemoryStateStore:
             ok = False
         if not ok:
             return Refused(current)
-        after = replace(current, inputs={**current.inputs, **inputs}, revision=current.revision + 1)
-        if owner is not None:
-            after = replace(after, lease_owner=owner, lease_until=lease_until, lease_event=event[:500])
+        merged = {**current.inputs, **inputs}
+        if owner is None:
+            after = UserRecord(merged, current.revision + 1, current.lease_owner, current.lease_until, current.lease_event)
+        else:
+            after = UserRecord(merged, current.revision + 1, owner, lease_until, event[:500])
         self.items[key] = after
         return Claimed(current)
 
@@ -88,7 +90,7 @@ class MemoryStateStore:
         if current is None or current.lease_owner != owner or not set(quiet) <= set(current.inputs):
             return False
         inputs = {**current.inputs, **quietly({n: current.inputs[n] for n in quiet})}
-        self.items[key] = replace(current, inputs=inputs, lease_owner=None, lease_until=0.0, lease_event=None)
+        self.items[key] = UserRecord(inputs, current.revision)
         return True
 
     def read(self, key: str) -> UserRecord | None:
