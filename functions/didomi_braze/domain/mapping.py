@@ -84,7 +84,7 @@ def values_of(state: Mapping[str, StoredInput]) -> dict[str, bool]:
     return {name: stored.value for name, stored in state.items()}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BrazeIdentity:
     """Who the update is for in Braze: `external_id` or `email`, and its value."""
 
@@ -114,7 +114,7 @@ class Skip:
     detail: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Change:
     """What one Didomi event (or one user of a backfill) carries for one Braze user."""
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Position:
     time: str  # ISO 8601 UTC with microseconds and a four-digit year: sorts as a string
     version: Decimal | None = None  # Didomi user records only
@@ -56,7 +56,7 @@ def _version_key(version: Decimal | None) -> str:
     return f"{int(whole):020d}" + (f".{fraction}" if fraction.strip("0") else "")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredInput:
     """One Didomi input of the merged state: its newest known value and where it comes from.
 
@@ -73,7 +73,7 @@ class StoredInput:
 MergedState = Mapping[str, StoredInput]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Merge:
     """What merging a change's inputs into the stored state gives, input by input."""
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # annotations only: the webhook's cold start need not load th
     from .ordering import StoredInput
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UserRecord:
     """What the state table holds for one user."""
 
