@@ -105,7 +105,7 @@ bench: $(VENV)/.installed $(SAM_VENV)/.installed $(BENCH_VENV)/.installed
 	$(PY) -m benchmarks
 
 ## make simulate: 1,000,000 webhooks in 200 s through the real services on a virtual clock, figures to
-## benchmarks/RESULTS.md (10 to 15 minutes; SCALE=50 for the test's size, SEED=n for another draw)
+## benchmarks/RESULTS.md (about 10 minutes; SCALE=50 for the test's size, SEED=n for another draw)
 simulate: $(VENV)/.installed
 	$(PY) -m benchmarks.simulation $(if $(SCALE),--scale $(SCALE)) $(if $(SEED),--seed $(SEED))
 
