@@ -32,7 +32,7 @@ class Loop:
         self.at(self.clock.now, function, *args)
 
     def spawn(self, function: Callable, *args) -> None:
-        """Start `function` in a greenlet of its own, now (from the loop or from another greenlet)."""
+        """Start `function` now in a greenlet of its own: an idle one whose last function returned, else a new one."""
         runner = self._idle.pop() if self._idle else greenlet(self._run_jobs, parent=self.hub)
         self.soon(runner.switch, function, args)
 
